@@ -1,0 +1,187 @@
+"""Everything that adapts PyPI ``basicsr`` 1.4.2 to current torch/torchvision.
+
+BasicSR 1.4.2 is the last release and is never patched on disk here. Instead this module applies small,
+idempotent runtime fixes, each tied to a breakage listed in ``docs/basicsr_notes.md`` §5:
+
+* **A** ``torchvision.transforms.functional_tensor`` was removed in torchvision 0.17, and every
+  ``import basicsr`` fails on it. :func:`install_import_shim` provides the one function BasicSR uses.
+  It must run before the first ``basicsr`` import, so ``mclir_plugin/__init__.py`` calls it first.
+* **F** ``torch.distributed.launch`` passes ``--local-rank``; BasicSR's parser only knows ``--local_rank``.
+  :func:`normalise_local_rank_argv` rewrites ``sys.argv``.
+* **G/M** resuming calls ``torch.cuda.current_device()`` (fails without CUDA) and ``--auto_resume`` looks in a
+  folder relative to the working directory. :func:`load_resume_state` replaces BasicSR's version.
+* **H** ``--launcher pytorch`` hard-codes nccl and picks the GPU by global rank (``ZeroDivisionError`` on CPU).
+  :func:`init_dist` uses gloo without CUDA and ``LOCAL_RANK`` with it; DDP on CPU needs ``device_ids=None``.
+
+:func:`patch_basicsr` installs the run-time fixes; it is called by ``import mclir_plugin``.
+"""
+from __future__ import annotations
+
+import os
+import re
+import sys
+import types
+from os import path as osp
+from typing import Any
+
+_PATCHED = False
+
+
+def install_import_shim() -> None:
+    """Provide ``torchvision.transforms.functional_tensor`` (removed in torchvision 0.17) for BasicSR.
+
+    BasicSR 1.4.2 imports only ``rgb_to_grayscale`` from it (``basicsr/data/degradations.py``).
+    """
+    if 'torchvision.transforms.functional_tensor' in sys.modules:
+        return
+    try:
+        import torchvision.transforms.functional_tensor  # noqa: F401  (torchvision < 0.17)
+        return
+    except ImportError:
+        pass
+    import torchvision.transforms.functional as tv_functional
+    shim = types.ModuleType('torchvision.transforms.functional_tensor')
+    shim.__doc__ = 'Stand-in created by mclir_plugin.compat for BasicSR 1.4.2 (removed in torchvision 0.17).'
+    shim.rgb_to_grayscale = tv_functional.rgb_to_grayscale
+    sys.modules['torchvision.transforms.functional_tensor'] = shim
+
+
+def normalise_local_rank_argv(argv: list[str] | None = None) -> list[str]:
+    """Rewrite ``--local-rank`` (torch >= 2.0 launchers) to ``--local_rank`` (BasicSR's parser), in place."""
+    argv = sys.argv if argv is None else argv
+    argv[:] = [re.sub(r'^--local-rank(?==|$)', '--local_rank', a) for a in argv]
+    return argv
+
+
+def init_dist(launcher: str, backend: str | None = None, **kwargs: Any) -> None:
+    """Start torch.distributed for BasicSR's ``--launcher pytorch|slurm``, on GPUs or on CPUs.
+
+    Unlike BasicSR 1.4.2 it picks the GPU by ``LOCAL_RANK`` (not the global rank, which breaks on several
+    nodes), and uses gloo when CUDA is absent, so that ``torchrun`` on a CPU machine works.
+
+    Args:
+        launcher: ``'pytorch'`` (torchrun, environment variables) or ``'slurm'`` (srun).
+        backend: ``'nccl'``/``'gloo'``. Defaults to nccl with CUDA, gloo without (nccl needs CUDA, so it
+            becomes gloo there too).
+        **kwargs: ``port`` for slurm, as in BasicSR's ``dist_params``.
+    """
+    import torch
+    import torch.distributed as dist
+    import torch.multiprocessing as mp
+
+    if mp.get_start_method(allow_none=True) is None:
+        mp.set_start_method('spawn')
+    cuda = torch.cuda.is_available()
+    backend = backend or ('nccl' if cuda else 'gloo')
+    if backend == 'nccl' and not cuda:  # a GPU option file's dist_params on a CPU machine: nccl cannot run
+        backend = 'gloo'
+    if launcher == 'slurm':
+        _slurm_env(kwargs.get('port'))
+    elif launcher != 'pytorch':
+        raise ValueError(f"Invalid launcher {launcher!r}: use 'none', 'pytorch' (torchrun) or 'slurm'.")
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', os.environ['RANK'])) % torch.cuda.device_count())
+    dist.init_process_group(backend=backend)
+
+
+def _slurm_env(port: int | None) -> None:
+    """Translate srun's variables into the ones ``init_process_group(init_method='env://')`` reads."""
+    import subprocess
+    proc_id = int(os.environ['SLURM_PROCID'])
+    os.environ.setdefault('MASTER_PORT', str(port or 29500))
+    os.environ['MASTER_ADDR'] = subprocess.getoutput(f"scontrol show hostname {os.environ['SLURM_NODELIST']} | head -n1")
+    os.environ['WORLD_SIZE'] = os.environ['SLURM_NTASKS']
+    os.environ['RANK'] = str(proc_id)
+    os.environ.setdefault('LOCAL_RANK', os.environ.get('SLURM_LOCALID', '0'))
+
+
+def load_resume_state(opt: dict) -> dict | None:
+    """BasicSR's ``load_resume_state`` made to work without CUDA and from any working directory.
+
+    ``--auto_resume`` takes the newest ``<iter>.state`` in ``opt['path']['training_states']`` (the run's own
+    folder, derived from the root path) instead of a path relative to the working directory.
+    """
+    import torch
+    from basicsr.utils import check_resume
+
+    path = None
+    if opt['auto_resume']:
+        state_dir = opt['path']['training_states']
+        if osp.isdir(state_dir):
+            iters = [int(name[:-len('.state')]) for name in os.listdir(state_dir)
+                     if re.fullmatch(r'\d+\.state', name)]
+            if iters:
+                path = osp.join(state_dir, f'{max(iters)}.state')
+                opt['path']['resume_state'] = path
+    elif opt['path'].get('resume_state'):
+        path = opt['path']['resume_state']
+    if path is None:
+        return None
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'path.resume_state {path!r} does not exist: point it at a training_states/<iter>.state '
+                                'file of an earlier run, or use --auto_resume.')
+    if opt.get('num_gpu', 0) != 0 and torch.cuda.is_available():
+        location = torch.device('cuda', torch.cuda.current_device())
+    else:
+        location = torch.device('cpu')
+    try:
+        state = torch.load(path, map_location=location, weights_only=False)
+    except Exception as err:  # a truncated or foreign file: name it, rather than a bare unpickling error
+        raise RuntimeError(f'Cannot read the training state {path!r} ({type(err).__name__}: {err}). '
+                           'Delete it to resume from the previous checkpoint.') from err
+    check_resume(opt, state['iter'])
+    return state
+
+
+def _model_to_device(self, net):
+    """``BaseModel.model_to_device`` that also wraps CPU networks in DDP (``device_ids=None``)."""
+    import torch
+    from torch.nn.parallel import DataParallel, DistributedDataParallel
+
+    net = net.to(self.device)
+    if self.opt['dist']:
+        find_unused = self.opt.get('find_unused_parameters', False)
+        device_ids = [torch.cuda.current_device()] if self.device.type == 'cuda' else None
+        net = DistributedDataParallel(net, device_ids=device_ids, find_unused_parameters=find_unused)
+    elif self.opt['num_gpu'] > 1:
+        net = DataParallel(net)
+    return net
+
+
+_PATH_KEYS = ('dataroot_gt', 'dataroot_lq', 'meta_info_file')
+
+
+def check_dataset_paths(dataset_opt: dict) -> None:
+    """Raise a clear error naming the option when a dataset folder, lmdb or meta file does not exist."""
+    for key in _PATH_KEYS:
+        value = dataset_opt.get(key)
+        if isinstance(value, str) and not osp.exists(value):
+            raise FileNotFoundError(
+                f"datasets.{dataset_opt.get('phase', '?')} ({dataset_opt.get('name')}, type "
+                f"{dataset_opt.get('type')}): {key} {value!r} does not exist (working directory {os.getcwd()!r}). "
+                f"Put the data there (README, 'Datasets'), or change {key} in the option file "
+                f"(or with --force_yml datasets:<phase>:{key}=<path>).")
+
+
+def _checked_build_dataset(build_dataset):
+    def build(dataset_opt):
+        check_dataset_paths(dataset_opt)
+        return build_dataset(dataset_opt)
+    build.__wrapped__ = build_dataset
+    return build
+
+
+def patch_basicsr() -> None:
+    """Install the run-time fixes (idempotent). Requires :func:`install_import_shim` to have run."""
+    global _PATCHED
+    if _PATCHED:
+        return
+    import basicsr.train as bs_train
+    import basicsr.utils.options as bs_options
+    from basicsr.models.base_model import BaseModel
+
+    bs_options.init_dist = init_dist
+    bs_train.load_resume_state = load_resume_state
+    bs_train.build_dataset = _checked_build_dataset(bs_train.build_dataset)
+    BaseModel.model_to_device = _model_to_device
+    _PATCHED = True

@@ -1,0 +1,248 @@
+"""The history-negative models of MCLIR: lagged copies of the network that SPN pushes the output away from.
+
+Negative ``i`` starts as a blend of the network and a fresh initialisation and is then refreshed every
+``k_i`` iterations, after ``optimizer.step()``, from the raw (non-EMA) network:
+
+.. math::
+
+    \\theta'_i \\leftarrow s \\, \\theta^{fresh}_i + (1 - s) \\, \\theta          \\quad\\text{(start, } s = \\text{neg\\_start)}
+
+    \\theta'_i \\leftarrow d_i \\, \\theta'_i + (1 - d_i) \\, \\theta  \\quad\\text{when } t \\bmod k_i = 0
+    \\text{ (t = 1-based iteration, } d_i = \\text{neg\\_decay}_i)
+
+so ``d`` is the share the negative keeps of itself (0.1 in the official setting: a refresh is 90% a snapshot).
+Parameters are updated with exactly the official arithmetic (``mul_(d).add_(net, alpha=1-d)``), so results can be
+compared bit for bit.
+
+Caveats up front:
+
+* Pairing: negative ``i`` uses ``neg_iter[i]`` and ``neg_decay[i]``. The official code reverses only the interval
+  list (``neg_iter[i]`` goes with ``neg_decay[N-1-i]``); ``pairing='official_reversed'`` reproduces it. With equal
+  decays, as in every published setting, the two are the same.
+* Buffers: the official code refreshes parameters only. ``update_buffers=True`` (default) also blends floating
+  buffers (BatchNorm statistics) with ``lerp``, which leaves constant buffers bit-identical, and copies integer ones.
+* The fresh initialisation is drawn from its own seeded generator, so it is the same on every rank and does not
+  shift the caller's random stream (baseline and SPN runs with one seed see the same data and network init).
+* Not built on mmengine's ``ExponentialMovingAverage``: it rejects ``momentum = 1 - d`` of 1 (an exact copy), warns
+  for every official setting (momentum 0.9 > 0.5), and hard-copies on its first update, which would erase the start
+  blend. The update itself is two ``_foreach`` calls. The class is an mmengine ``Hook`` so that its registry builds
+  it from the ``mclir.hook`` option block.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Any, Callable, Sequence
+
+import torch
+from mmengine.hooks import Hook
+from mmengine.registry import HOOKS
+from torch import nn
+
+logger = logging.getLogger('basicsr')
+
+PAIRINGS = ('natural', 'official_reversed')
+
+
+def unwrap(net: nn.Module) -> nn.Module:
+    """The bare module inside DataParallel/DistributedDataParallel and ``torch.compile`` wrappers."""
+    while True:
+        if isinstance(net, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            net = net.module
+        elif hasattr(net, '_orig_mod'):
+            net = net._orig_mod
+        else:
+            return net
+
+
+def reinitialised_copy(net: nn.Module) -> nn.Module:
+    """A deep copy of ``net`` whose submodules have run ``reset_parameters()`` (a generic fresh initialisation)."""
+    fresh = copy.deepcopy(unwrap(net))
+    for module in fresh.modules():
+        if hasattr(module, 'reset_parameters'):
+            module.reset_parameters()
+    return fresh
+
+
+def _as_list(value: Any, length: int, name: str) -> list[float]:
+    values = list(value) if isinstance(value, (list, tuple)) else [value] * length
+    if len(values) != length:
+        raise ValueError(f'{name} has {len(values)} entries but neg_iter has {length}: give one value per '
+                         'negative, or a single number for all.')
+    return values
+
+
+@HOOKS.register_module()
+class HistoryNegativeHook(Hook):
+    """Keeps N history-negative models of a network and refreshes them on their schedules.
+
+    Usable from a plain PyTorch loop (:meth:`build`, :meth:`forward_negatives`, :meth:`step`,
+    :meth:`state_dict`) and from BasicSR through ``MCLIRModel``.
+
+    Args:
+        neg_iter: Refresh interval of each negative, in iterations; one negative per entry.
+            Defaults to ``(100, 200, 500, 1000)``.
+        neg_decay: Share ``d`` a negative keeps of itself at a refresh, in [0, 1); one number or one per
+            negative. Defaults to 0.1.
+        neg_start: Share ``s`` of a fresh random initialisation in the start blend, in [0, 1]; 0 starts from an
+            exact copy. Defaults to 0.1.
+        pairing: ``'natural'`` or ``'official_reversed'`` (see the module notes). Defaults to ``'natural'``.
+        update_buffers: Refresh buffers too (floating ones blended, others copied). Defaults to True.
+        seed: Seed of the fresh initialisations, the same on every rank. ``None`` lets the owner choose
+            (MCLIRModel passes the run's ``manual_seed``); otherwise 0. Defaults to None.
+    """
+
+    priority = 'NORMAL'
+
+    def __init__(self,
+                 neg_iter: Sequence[int] | int = (100, 200, 500, 1000),
+                 neg_decay: Sequence[float] | float = 0.1,
+                 neg_start: float = 0.1,
+                 pairing: str = 'natural',
+                 update_buffers: bool = True,
+                 seed: int | None = None) -> None:
+        neg_iter = list(neg_iter) if isinstance(neg_iter, (list, tuple)) else [neg_iter]
+        if not neg_iter:
+            raise ValueError('neg_iter is empty: give one refresh interval (iterations) per negative model.')
+        for k in neg_iter:
+            if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
+                raise ValueError(f'neg_iter entries must be positive integers (iterations), got {neg_iter}.')
+        decays = _as_list(neg_decay, len(neg_iter), 'neg_decay')
+        for d in decays:
+            if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0 <= d < 1:
+                raise ValueError(f'neg_decay must be in [0, 1) (the share a negative keeps of itself), got {neg_decay}.')
+        if isinstance(neg_start, bool) or not isinstance(neg_start, (int, float)) or not 0 <= neg_start <= 1:
+            raise ValueError(f'neg_start must be in [0, 1] (the share of a fresh init at the start), got {neg_start!r}.')
+        if pairing not in PAIRINGS:
+            raise ValueError(f'pairing must be one of {PAIRINGS}, got {pairing!r}.')
+        num = len(neg_iter)
+        self.neg_iter = neg_iter
+        self.neg_decay = [float(d) for d in decays]
+        self.neg_start = float(neg_start)
+        self.pairing = pairing
+        self.update_buffers = bool(update_buffers)
+        self.seed = seed
+        # per physical negative i: its interval and decay
+        self.intervals = neg_iter[::-1] if pairing == 'official_reversed' else list(neg_iter)
+        self.decays = list(self.neg_decay)
+        self.negatives = nn.ModuleList()
+        self.refresh_count = [0] * num
+        self.last_refresh_iter = [0] * num
+
+    @property
+    def num_negatives(self) -> int:
+        return len(self.intervals)
+
+    @property
+    def built(self) -> bool:
+        return len(self.negatives) == self.num_negatives
+
+    # ------------------------------------------------------------------ runner-free API
+    @torch.no_grad()
+    def build(self, net: nn.Module, fresh_init: Callable[[], nn.Module] | None = None) -> None:
+        """Create the negatives from ``net`` (call it once the network is on its device).
+
+        Args:
+            net: The network being trained (wrappers are unwrapped).
+            fresh_init: Returns a freshly initialised network of the same architecture (for ``neg_start > 0``).
+                Defaults to :func:`reinitialised_copy` of ``net``.
+        """
+        net = unwrap(net)
+        fresh_init = fresh_init or (lambda: reinitialised_copy(net))
+        device = next(net.parameters()).device
+        negatives = []
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0 if self.seed is None else self.seed)
+            for _ in range(self.num_negatives):
+                if self.neg_start == 0:
+                    neg = copy.deepcopy(net)
+                else:  # the official start: blend a fresh network towards the target with decay neg_start
+                    neg = fresh_init().to(device)
+                    self._blend(neg, net, self.neg_start)
+                negatives.append(neg.requires_grad_(False).eval())
+        self.negatives = nn.ModuleList(negatives)
+        self.refresh_count = [0] * self.num_negatives
+        self.last_refresh_iter = [0] * self.num_negatives
+
+    @torch.no_grad()
+    def _blend(self, neg: nn.Module, net: nn.Module, decay: float) -> None:
+        """``neg <- decay * neg + (1 - decay) * net`` over parameters (and buffers when ``update_buffers``)."""
+        src = dict(net.named_parameters())
+        try:
+            pairs = [(p, src[name]) for name, p in neg.named_parameters()]
+        except KeyError as err:
+            raise RuntimeError(f'Negative and network differ: the network has no parameter {err}.') from None
+        dst_p, src_p = [p for p, _ in pairs], [q.detach() for _, q in pairs]
+        torch._foreach_mul_(dst_p, decay)
+        torch._foreach_add_(dst_p, src_p, alpha=1 - decay)
+        if self.update_buffers:
+            src_b = dict(net.named_buffers())
+            floats = [(b, src_b[name]) for name, b in neg.named_buffers() if b.is_floating_point()]
+            if floats:
+                torch._foreach_lerp_([b for b, _ in floats], [s for _, s in floats], 1 - decay)
+            for name, b in neg.named_buffers():
+                if not b.is_floating_point():
+                    b.copy_(src_b[name])
+
+    @torch.no_grad()
+    def step(self, net: nn.Module, current_iter: int) -> list[int]:
+        """Refresh the negatives due at ``current_iter`` (1-based; call after ``optimizer.step()``).
+
+        Returns:
+            The indices of the negatives refreshed.
+        """
+        self._require_built()
+        net = unwrap(net)
+        refreshed = []
+        for i, (interval, decay) in enumerate(zip(self.intervals, self.decays)):
+            if current_iter % interval == 0:
+                self._blend(self.negatives[i], net, decay)
+                self.refresh_count[i] += 1
+                self.last_refresh_iter[i] = current_iter
+                refreshed.append(i)
+        return refreshed
+
+    @torch.no_grad()
+    def forward_negatives(self, x: torch.Tensor) -> torch.Tensor:
+        """Run every negative on ``x`` without gradients; returns (N, *output shape)."""
+        self._require_built()
+        return torch.stack([neg(x) for neg in self.negatives])
+
+    def _require_built(self) -> None:
+        if not self.built:
+            raise RuntimeError('HistoryNegativeHook has no negatives yet: call build(net) first.')
+
+    def state_dict(self) -> dict[str, Any]:
+        """Negatives (CPU tensors) and counters; everything a resume needs. Safe for ``weights_only`` loads."""
+        return {
+            'negatives': [{k: v.detach().cpu().clone() for k, v in neg.state_dict().items()} for neg in self.negatives],
+            'intervals': list(self.intervals),
+            'decays': list(self.decays),
+            'refresh_count': list(self.refresh_count),
+            'last_refresh_iter': list(self.last_refresh_iter),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` into built negatives (on whatever device they are)."""
+        self._require_built()
+        saved = len(state['negatives'])
+        if saved != self.num_negatives:
+            raise ValueError(f'The checkpoint holds {saved} negative models but the options ask for '
+                             f'{self.num_negatives} (neg_iter {self.neg_iter}); resume with the same neg_iter.')
+        if state['intervals'] != self.intervals or state['decays'] != self.decays:
+            logger.warning(f"Negative schedule changed on resume: checkpoint intervals {state['intervals']}, decays "
+                           f"{state['decays']}; now {self.intervals}, {self.decays}. The negatives' weights are kept.")
+        for neg, neg_state in zip(self.negatives, state['negatives']):
+            neg.load_state_dict(neg_state, strict=True)
+            neg.requires_grad_(False).eval()
+        self.refresh_count = list(state['refresh_count'])
+        self.last_refresh_iter = list(state['last_refresh_iter'])
+
+    def describe(self) -> str:
+        """One line per negative: its schedule and counters, for logs."""
+        lines = [f'{self.num_negatives} history negative(s), neg_start={self.neg_start}, pairing={self.pairing}, '
+                 f'update_buffers={self.update_buffers}, seed={self.seed}:']
+        for i, (k, d) in enumerate(zip(self.intervals, self.decays)):
+            lines.append(f'  negative {i}: refreshed every {k} it with decay {d} '
+                         f'(refreshes so far {self.refresh_count[i]}, last at it {self.last_refresh_iter[i]})')
+        return '\n'.join(lines)

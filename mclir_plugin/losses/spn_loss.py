@@ -1,0 +1,147 @@
+"""SPN, the Self-Prior guided Negative loss of MCLIR (Wu et al., AAAI 2024).
+
+The restored image is pulled towards the ground truth and pushed away, in VGG feature space, from the outputs of
+N *negative* models (lagged copies of the network itself, see :mod:`mclir_plugin.hooks`):
+
+.. math::
+
+    L = w \\, L_{rec}(\\hat y, y) - \\lambda \\frac{1}{N} \\sum_{i=1}^{N} \\sum_{l} \\alpha_l \\,
+        \\operatorname{mean} \\lvert \\phi_l(\\hat y) - \\phi_l(n_i) \\rvert
+
+with :math:`\\hat y` the output, :math:`n_i` the i-th negative's output on the same input, :math:`\\phi_l` frozen
+VGG16 features after ReLU at layer l (relu1_2, relu2_2, relu3_3 with :math:`\\alpha` = 0.2, 0.3, 0.5 by default),
+each distance the mean over B*C*H*W as ``torch.nn.L1Loss`` gives it. This is the official code's loss (the README's
+``+`` sign is a typo; ``docs/mclir_method.md`` §2).
+
+Caveats up front:
+
+* The loss needs the negatives' outputs. A plain BasicSR model calls ``cri_pix(output, gt)`` without them; that is
+  an error that names ``model_type: MCLIRModel``.
+* No gradient reaches the negatives or VGG: their features are computed under ``no_grad`` from detached inputs.
+* :math:`\\phi(\\hat y)` is computed once per step whatever N is, and the N negatives go through VGG as one
+  batch; the official code recomputes it (and back-propagates through it) once per negative. The gradient is the
+  same.
+* The negative term is unbounded below; only a small :math:`\\lambda` keeps it in check. The authors tune
+  :math:`\\lambda` so that :math:`\\lambda L_{neg}` stays at 0.01-0.1 of :math:`L_{rec}`; MCLIRModel logs that
+  ratio as ``l_neg_ratio``.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import torch
+from basicsr.losses import build_loss
+from basicsr.utils.registry import LOSS_REGISTRY
+from torch import nn
+
+from mclir_plugin.losses.vgg_features import VGGFeatures
+
+DEFAULT_LAYER_WEIGHTS = {'relu1_2': 0.2, 'relu2_2': 0.3, 'relu3_3': 0.5}
+_REC_LOSSES = {'l1': 'L1Loss', 'mse': 'MSELoss', 'charbonnier': 'CharbonnierLoss'}
+
+NO_NEGATIVES_MESSAGE = (
+    'SPNLoss was called without negatives. It needs the outputs of the history-negative models, which only '
+    'MCLIRModel provides: set `model_type: MCLIRModel` and add an `mclir:` block naming your previous model type '
+    'as `base_model` (README, "Turn a BasicSR option file into an SPN one").')
+
+
+@LOSS_REGISTRY.register()
+class SPNLoss(nn.Module):
+    """Self-Prior guided Negative loss: reconstruction minus a weighted VGG distance to history negatives.
+
+    Args:
+        loss_weight: Weight ``w`` of the reconstruction term, as in BasicSR's ``L1Loss``. Defaults to 1.0.
+        neg_weight: ``lambda``, the weight of the negative term (the official FFA-Net setting is 0.001).
+            0 disables the term (and skips VGG). Defaults to 0.001.
+        layer_weights: ``{vgg layer: alpha}``. Defaults to ``{relu1_2: 0.2, relu2_2: 0.3, relu3_3: 0.5}``.
+        vgg_type: ``vgg16`` (the paper's) or ``vgg11``/``vgg13``/``vgg19``. Defaults to ``'vgg16'``.
+        use_input_norm: Normalise VGG inputs by the ImageNet mean/std. Defaults to True.
+        range_norm: Map VGG inputs from [-1, 1] to [0, 1] first. Defaults to False.
+        rec_loss: Reconstruction criterion, ``'l1'``, ``'charbonnier'`` or ``'mse'`` (BasicSR's losses).
+            Defaults to ``'l1'``.
+        reduction: ``'mean'`` or ``'sum'`` for the reconstruction term. Defaults to ``'mean'``.
+        vgg_weights: ``'imagenet'`` (torchvision's cached file) or a path to a local copy. Defaults to
+            ``'imagenet'``.
+        vgg_fallback: ``'error'`` or, for demos only, ``'random'``: what to do when the ImageNet file is
+            missing (see :class:`VGGFeatures`). Defaults to ``'error'``.
+    """
+
+    def __init__(self,
+                 loss_weight: float = 1.0,
+                 neg_weight: float = 0.001,
+                 layer_weights: Mapping[str, float] | None = None,
+                 vgg_type: str = 'vgg16',
+                 use_input_norm: bool = True,
+                 range_norm: bool = False,
+                 rec_loss: str = 'l1',
+                 reduction: str = 'mean',
+                 vgg_weights: str = 'imagenet',
+                 vgg_fallback: str = 'error') -> None:
+        super().__init__()
+        if not isinstance(neg_weight, (int, float)) or isinstance(neg_weight, bool) or neg_weight < 0:
+            raise ValueError(f'SPNLoss: neg_weight must be a number >= 0, got {neg_weight!r}.')
+        if rec_loss not in _REC_LOSSES:
+            raise ValueError(f'SPNLoss: rec_loss must be one of {sorted(_REC_LOSSES)}, got {rec_loss!r}.')
+        self.layer_weights = dict(DEFAULT_LAYER_WEIGHTS if layer_weights is None else layer_weights)
+        if not self.layer_weights:
+            raise ValueError('SPNLoss: layer_weights is empty; name at least one VGG layer.')
+        self.loss_weight = float(loss_weight)
+        self.neg_weight = float(neg_weight)
+        self.cri_rec = build_loss({'type': _REC_LOSSES[rec_loss], 'loss_weight': 1.0, 'reduction': reduction})
+        self.vgg = VGGFeatures(self.layer_weights, vgg_type=vgg_type, weights=vgg_weights, fallback=vgg_fallback,
+                               use_input_norm=use_input_norm, range_norm=range_norm)
+
+    def negative_distance(self, pred: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+        """``(1/N) sum_i sum_l alpha_l mean|phi_l(pred) - phi_l(n_i)|`` for negatives of shape (N, *pred.shape)."""
+        num_neg = negatives.shape[0]
+        feats = self.vgg(pred)
+        with torch.no_grad():
+            neg_feats = self.vgg(negatives.detach().flatten(0, 1))
+        distance = pred.new_zeros(())
+        for layer, alpha in self.layer_weights.items():
+            neg = neg_feats[layer].unflatten(0, (num_neg, pred.shape[0]))
+            # the mean over (N, B, C, H, W) equals the mean over i of the per-negative L1 means
+            distance = distance + alpha * (feats[layer].unsqueeze(0) - neg).abs().mean()
+        return distance
+
+    def terms(self,
+              pred: torch.Tensor,
+              target: torch.Tensor,
+              negatives: torch.Tensor | Sequence[torch.Tensor] | None,
+              weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(l_rec, l_neg)``: the weighted reconstruction term and the weighted negative term.
+
+        The loss is ``l_rec - l_neg``; ``l_neg = neg_weight * negative_distance(pred, negatives)``.
+
+        Args:
+            pred: Output, (B, C, H, W).
+            target: Ground truth, (B, C, H, W).
+            negatives: The negatives' outputs on the same input, (N, B, C, H, W) or a sequence of N (B, C, H, W).
+            weight: Optional element-wise weight of the reconstruction term, as in BasicSR's losses.
+        """
+        if negatives is None:
+            raise RuntimeError(NO_NEGATIVES_MESSAGE)
+        if not torch.is_tensor(negatives):
+            if len(negatives) == 0:
+                raise RuntimeError(NO_NEGATIVES_MESSAGE)
+            negatives = torch.stack(list(negatives))
+        if negatives.dim() != pred.dim() + 1 or negatives.shape[1:] != pred.shape or negatives.shape[0] == 0:
+            raise ValueError(f'SPNLoss: negatives must have shape (N, {", ".join(map(str, pred.shape))}) with N >= 1, '
+                             f'got {tuple(negatives.shape)}.')
+        l_rec = self.loss_weight * self.cri_rec(pred, target, weight)
+        if self.neg_weight == 0:
+            return l_rec, pred.new_zeros(())
+        return l_rec, self.neg_weight * self.negative_distance(pred, negatives)
+
+    def forward(self,
+                pred: torch.Tensor,
+                target: torch.Tensor,
+                negatives: torch.Tensor | Sequence[torch.Tensor] | None = None,
+                weight: torch.Tensor | None = None) -> torch.Tensor:
+        """Return ``l_rec - l_neg`` (see :meth:`terms`)."""
+        l_rec, l_neg = self.terms(pred, target, negatives, weight)
+        return l_rec - l_neg
+
+    def extra_repr(self) -> str:
+        return (f'loss_weight={self.loss_weight}, neg_weight={self.neg_weight}, layer_weights={self.layer_weights}, '
+                f'vgg={self.vgg.vgg_type} ({self.vgg.weights_source})')

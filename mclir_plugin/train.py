@@ -1,0 +1,24 @@
+"""Training entry point: BasicSR's ``train_pipeline`` with the plugin registered and fixed up.
+
+``python tools/train.py -opt options/x.yml`` (or ``python -m mclir_plugin.train``, or ``mclir-train``) accepts
+BasicSR's flags (``--launcher none|pytorch|slurm``, ``--auto_resume``, ``--debug``, ``--force_yml``) plus
+``--local-rank`` from torch's launchers. The current directory is the root: ``experiments/``, ``tb_logger/``,
+relative dataset paths and ``--auto_resume`` all resolve against it.
+"""
+from __future__ import annotations
+
+import os
+
+import mclir_plugin  # noqa: F401  (compat shim and registration, before basicsr's pipeline)
+from mclir_plugin.compat import normalise_local_rank_argv
+
+
+def main(root_path: str | None = None) -> None:
+    """Run BasicSR's training pipeline on the options named by ``-opt`` in ``sys.argv``."""
+    from basicsr.train import train_pipeline
+    normalise_local_rank_argv()
+    train_pipeline(os.path.abspath(root_path or os.getcwd()))
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,197 @@
+"""MCLIRModel in-process: the official step order, exact resume of the negatives, option errors."""
+from __future__ import annotations
+
+import copy
+import os
+
+import pytest
+import torch
+from basicsr.archs import build_network
+from basicsr.models import build_model
+
+from mclir_plugin.models import MCLIRMixin
+
+EDSR = dict(type='EDSR', num_in_ch=3, num_out_ch=3, num_feat=8, num_block=1, upscale=2, res_scale=1,
+            img_range=255., rgb_mean=[0.4488, 0.4371, 0.4040])
+
+
+def make_opt(tmp_path, vgg16_file, *, neg_iter=(1, 2, 3), neg_decay=0.1, neg_start=0.0, pairing='natural',
+             base_model='SRModel', neg_weight=0.5, ema_decay=0.0, **overrides):
+    """An option dict as BasicSR's parse_options would hand it to build_model (training, CPU)."""
+    root = str(tmp_path / 'run')
+    paths = {k: os.path.join(root, k) for k in ('models', 'training_states', 'log', 'visualization')}
+    for p in paths.values():
+        os.makedirs(p, exist_ok=True)
+    opt = {
+        'name': 'unit', 'model_type': 'MCLIRModel', 'scale': 2, 'num_gpu': 0, 'manual_seed': 0,
+        'is_train': True, 'dist': False, 'rank': 0, 'world_size': 1, 'root_path': str(tmp_path),
+        'mclir': {'base_model': base_model,
+                  'hook': {'type': 'HistoryNegativeHook', 'neg_iter': list(neg_iter), 'neg_decay': neg_decay,
+                           'neg_start': neg_start, 'pairing': pairing}},
+        'network_g': dict(EDSR),
+        'path': {'pretrain_network_g': None, 'strict_load_g': True, 'resume_state': None,
+                 'experiments_root': root, **paths},
+        'train': {'ema_decay': ema_decay, 'optim_g': {'type': 'Adam', 'lr': 1e-2, 'betas': [0.9, 0.99]},
+                  'scheduler': {'type': 'MultiStepLR', 'milestones': [100], 'gamma': 0.5}, 'total_iter': 10,
+                  'pixel_opt': {'type': 'SPNLoss', 'loss_weight': 1.0, 'neg_weight': neg_weight,
+                                'vgg_weights': vgg16_file}},
+    }
+    for key, value in overrides.items():
+        opt[key] = value
+    return opt
+
+
+def batches(n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [{'lq': torch.rand(2, 3, 12, 12, generator=g), 'gt': torch.rand(2, 3, 24, 24, generator=g)}
+            for _ in range(n)]
+
+
+def official_run(model_opt, init_state, spn, data, neg_iter, neg_decay, lam):
+    """The official SRNegModel_Multi step (docs/mclir_method.md §1.7), written out with plain torch.
+
+    Per negative, VGG is recomputed on the output and back-propagated through (as the official code does);
+    the interval list is reversed, the decay list is not.
+    """
+    torch.manual_seed(0)
+    net = build_network(copy.deepcopy(model_opt['network_g']))
+    net.load_state_dict(init_state)
+    negs = [copy.deepcopy(net).eval().requires_grad_(False) for _ in neg_iter]  # neg_start = 0: exact copies
+    optim = torch.optim.Adam(net.parameters(), lr=1e-2, betas=(0.9, 0.99))
+    alpha = spn.layer_weights
+    losses, snapshots = [], []
+    for it, batch in enumerate(data, start=1):
+        optim.zero_grad()
+        out = net(batch['lq'])
+        with torch.no_grad():
+            neg_outs = [neg(batch['lq']) for neg in negs]
+        l_pix = torch.nn.functional.l1_loss(out, batch['gt'])
+        l_neg = 0
+        for neg_out in neg_outs:
+            f_out, f_neg = spn.vgg(out), spn.vgg(neg_out.detach())
+            l_neg = l_neg + lam * sum(a * torch.nn.functional.l1_loss(f_out[k], f_neg[k].detach())
+                                      for k, a in alpha.items())
+        l_neg = l_neg / len(negs)
+        (l_pix - l_neg).backward()
+        optim.step()
+        src = dict(net.named_parameters())
+        for idx, k in enumerate(neg_iter[::-1]):
+            if it % k == 0:
+                with torch.no_grad():
+                    for name, p in negs[idx].named_parameters():
+                        p.mul_(neg_decay[idx]).add_(src[name], alpha=1 - neg_decay[idx])
+        losses.append((l_pix.item(), l_neg.item()))
+        snapshots.append([[p.clone() for p in neg.parameters()] for neg in negs])
+    return losses, snapshots
+
+
+def test_follows_official_step_order(tmp_path, vgg16_file):
+    neg_iter, neg_decay, lam = [1, 2, 3], [0.1, 0.5, 0.9], 0.5
+    opt = make_opt(tmp_path, vgg16_file, neg_iter=neg_iter, neg_decay=neg_decay, pairing='official_reversed',
+                   neg_weight=lam)
+    model = build_model(opt)
+    assert isinstance(model, MCLIRMixin) and type(model).__name__ == 'MCLIRSRModel'
+    init_state = copy.deepcopy(model.net_g.state_dict())
+    data = batches(6)
+    ours = []
+    for it, batch in enumerate(data, start=1):
+        model.feed_data(batch)
+        model.optimize_parameters(it)
+        log = model.get_current_log()
+        assert log['l_neg_ratio'] == pytest.approx(log['l_neg'] / log['l_pix'], rel=1e-5)
+        ours.append(((log['l_pix'], log['l_neg']), [[p.clone() for p in neg.parameters()]
+                                                     for neg in model.negative_hook.negatives]))
+    official_losses, official_negs = official_run(opt, init_state, model.cri_pix, data, neg_iter, neg_decay, lam)
+    for (loss, negs), ref_loss, ref_negs in zip(ours, official_losses, official_negs):
+        assert loss == pytest.approx(ref_loss, rel=1e-4, abs=1e-7)
+        for neg, ref in zip(negs, ref_negs):
+            for p, q in zip(neg, ref):
+                assert torch.allclose(p, q, rtol=1e-4, atol=1e-6)
+    assert ours[2][0][1] > 0  # the negative term is live (negatives lag behind after the first step)
+
+
+def test_negatives_refreshed_after_step_from_raw_weights(tmp_path, vgg16_file):
+    """With decay 0 a refresh copies the network: it must be the post-step raw net_g, not the EMA copy."""
+    opt = make_opt(tmp_path, vgg16_file, neg_iter=[1], neg_decay=0.0, ema_decay=0.9)
+    model = build_model(opt)
+    model.feed_data(batches(1)[0])
+    model.optimize_parameters(1)
+    neg = model.negative_hook.negatives[0]
+    assert all(torch.equal(a, b) for a, b in zip(neg.parameters(), model.net_g.parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(neg.parameters(), model.net_g_ema.parameters()))
+
+
+def test_save_and_resume_restore_negatives_exactly(tmp_path, vgg16_file):
+    opt = make_opt(tmp_path, vgg16_file, neg_iter=[2, 3], neg_start=0.1)
+    data = batches(5)
+    model = build_model(copy.deepcopy(opt))
+    for it in range(1, 4):
+        model.feed_data(data[it - 1])
+        model.optimize_parameters(it)
+    model.save(epoch=0, current_iter=3)
+    state_file = os.path.join(opt['path']['training_states'], '3.state')
+    assert sorted(os.listdir(opt['path']['training_states'])) == ['3.state']  # no temporary file left
+    state = torch.load(state_file, weights_only=True)  # only tensors and plain containers inside
+    assert state['mclir']['refresh_count'] == [1, 1] and len(state['mclir']['negatives']) == 2
+
+    resumed_opt = copy.deepcopy(opt)  # what check_resume does: load net_g from the checkpoint
+    resumed_opt['path']['pretrain_network_g'] = os.path.join(opt['path']['models'], 'net_g_3.pth')
+    resumed = build_model(resumed_opt)
+    resumed.resume_training(state)
+    for a, b in zip(model.negative_hook.negatives, resumed.negative_hook.negatives):
+        assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+    assert resumed.negative_hook.refresh_count == [1, 1] and resumed.negative_hook.last_refresh_iter == [2, 3]
+    # one more step on both gives the same losses and the same network and negatives
+    for m in (model, resumed):
+        m.feed_data(data[3])
+        m.optimize_parameters(4)
+    assert model.get_current_log() == resumed.get_current_log()
+    assert all(torch.equal(p, q) for p, q in zip(model.net_g.parameters(), resumed.net_g.parameters()))
+    assert all(torch.equal(p, q) for p, q in zip(model.negative_hook.negatives[0].parameters(),
+                                                 resumed.negative_hook.negatives[0].parameters()))
+
+
+def test_resume_from_a_plain_state_warns_and_keeps_training(tmp_path, vgg16_file, caplog):
+    opt = make_opt(tmp_path, vgg16_file)
+    model = build_model(opt)
+    plain = {'epoch': 0, 'iter': 3, 'optimizers': [o.state_dict() for o in model.optimizers],
+             'schedulers': [s.state_dict() for s in model.schedulers]}
+    model.resume_training(plain)  # a state written by a plain SRModel: negatives start afresh, with a warning
+    model.feed_data(batches(1)[0])
+    model.optimize_parameters(4)
+    assert model.negative_hook.built
+
+
+@pytest.mark.parametrize('change, error, match', [
+    (lambda o: o['mclir'].update(neg_iter=[1]), KeyError, "Unknown option 'neg_iter' in mclir. Valid keys"),
+    (lambda o: o['mclir']['hook'].update(neg_decya=0.1), KeyError, "Did you mean 'neg_decay'"),
+    (lambda o: o['mclir']['hook'].update(neg_iter=[]), ValueError, 'mclir.hook: neg_iter is empty'),
+    (lambda o: o['mclir'].update(base_model='SwinIRModle'), KeyError, "base_model 'SwinIRModle' is not"),
+    (lambda o: o['mclir'].update(base_model='SRGANModel'), TypeError, 'has its own optimize_parameters'),
+    (lambda o: o['mclir']['hook'].update(type='EMAHook'), KeyError, 'not a registered history-negative hook'),
+    (lambda o: o['train']['pixel_opt'].update(type='L1Loss'), ValueError, 'needs `train.pixel_opt.type: SPNLoss`'),
+    (lambda o: o['train']['pixel_opt'].update(neg_wieght=0.1), KeyError,
+     "Unknown option 'neg_wieght' in train.pixel_opt. Did you mean 'neg_weight'"),
+    (lambda o: o.update(mclir=[1, 2]), TypeError, 'The mclir block must be a mapping'),
+])
+def test_option_errors_name_the_key(tmp_path, vgg16_file, change, error, match):
+    opt = make_opt(tmp_path, vgg16_file)
+    change(opt)
+    with pytest.raises(error, match=match):
+        build_model(opt)
+
+
+def test_spn_loss_in_a_plain_model_says_use_mclir(tmp_path, vgg16_file):
+    opt = make_opt(tmp_path, vgg16_file, model_type='SRModel')
+    model = build_model(opt)
+    model.feed_data(batches(1)[0])
+    with pytest.raises(RuntimeError, match='model_type: MCLIRModel'):
+        model.optimize_parameters(1)
+
+
+def test_missing_mclir_block_uses_defaults(tmp_path, vgg16_file):
+    opt = make_opt(tmp_path, vgg16_file)
+    del opt['mclir']
+    model = build_model(opt)
+    assert type(model).__name__ == 'MCLIRSRModel'
+    assert model.negative_hook.intervals == [100, 200, 500, 1000] and model.negative_hook.neg_start == 0.1

@@ -1,0 +1,204 @@
+import mclir_plugin  # noqa: F401  (before basicsr: installs the compatibility shim)
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from basicsr.data import build_dataloader, build_dataset
+from basicsr.utils.matlab_functions import imresize
+from basicsr.utils.registry import DATASET_REGISTRY
+
+from mclir_plugin.data import SyntheticPairedDataset, add_haze, add_rain, degrade_sr
+
+TASK_SCALES = [('sr', 4), ('haze', 1), ('rain', 1)]
+
+
+def make_opt(task, scale=1, phase='train', **extra):
+    """A dataset option block as BasicSR hands it over (generic keys included, which must be ignored)."""
+    opt = dict(name=f'test-{task}', type='SyntheticPairedDataset', task=task, scale=scale, phase=phase,
+               images=['chelsea', 'coffee'], gt_size=32, length=8, use_hflip=True, use_rot=True,
+               batch_size_per_gpu=4, num_worker_per_gpu=0, dataset_enlarge_ratio=1, prefetch_mode=None,
+               pin_memory=False, io_backend=dict(type='disk'))
+    opt.update(extra)
+    return opt
+
+
+def as_hwc(tensor):
+    return tensor.numpy().transpose(1, 2, 0)
+
+
+def test_registered_and_built_by_basicsr():
+    assert DATASET_REGISTRY.get('SyntheticPairedDataset') is SyntheticPairedDataset
+    dataset = build_dataset(make_opt('sr', 4))
+    assert isinstance(dataset, SyntheticPairedDataset) and len(dataset) == 8
+    assert dataset.opt['name'] == 'test-sr'  # BasicSR's validation logs dataset.opt['name']
+
+
+@pytest.mark.parametrize('task,scale', TASK_SCALES)
+@pytest.mark.parametrize('phase', ['train', 'val'])
+def test_shapes_range_and_paths(task, scale, phase):
+    dataset = SyntheticPairedDataset(make_opt(task, scale, phase, val_size=64))
+    size = 32 if phase == 'train' else 64
+    assert len(dataset) == (8 if phase == 'train' else 2)
+    torch.manual_seed(0)
+    item = dataset[1]
+    assert item['gt'].shape == (3, size, size) and item['lq'].shape == (3, size // scale, size // scale)
+    for key in ('lq', 'gt'):
+        assert item[key].dtype == torch.float32
+        assert 0 <= item[key].min() and item[key].max() <= 1
+    assert not torch.equal(item['lq'], item['gt'][:, ::scale, ::scale] if scale > 1 else item['gt'])
+    if phase == 'val':
+        assert item['lq_path'] == item['gt_path'] == 'coffee'
+    else:
+        assert item['lq_path'] == item['gt_path'] + '_lq' and item['gt_path'] in ('chelsea', 'coffee')
+
+
+@pytest.mark.parametrize('scale', [2, 3, 4])
+def test_sr_lq_is_matlab_bicubic_of_returned_gt(scale):
+    dataset = SyntheticPairedDataset(make_opt('sr', scale, gt_size=12 * scale, length=4))
+    torch.manual_seed(0)
+    for index in range(4):  # hflip/rot happen before degradation, so the returned gt is the one degraded
+        item = dataset[index]
+        expected = np.clip(imresize(as_hwc(item['gt']), 1 / scale), 0, 1)
+        np.testing.assert_allclose(as_hwc(item['lq']), expected, atol=1e-5)
+
+
+def test_haze_pulls_pixels_towards_the_atmospheric_light():
+    light = 0.9
+    dataset = SyntheticPairedDataset(make_opt('haze', degradation=dict(light_range=[light, light])))
+    torch.manual_seed(0)
+    for index in range(4):
+        item = dataset[index]
+        lq, gt = item['lq'].numpy(), item['gt'].numpy()
+        # |I - A| = t |J - A| with t in (0, 1]: never further from A, and closer on average
+        assert np.all(np.abs(lq - light) <= np.abs(gt - light) + 1e-6)
+        assert np.abs(lq - light).mean() < 0.9 * np.abs(gt - light).mean()
+        assert np.abs(lq.mean() - light) < np.abs(gt.mean() - light)
+
+
+def test_add_haze_formula_with_fixed_parameters():
+    img = 0.5 * np.random.default_rng(1).random((20, 30, 3), dtype=np.float32)  # far from A, for a stable ratio
+    hazy = add_haze(img, np.random.default_rng(2), beta_range=(1.0, 1.0), light_range=(0.8, 0.8))
+    t = (hazy - 0.8) / (img - 0.8)  # the same transmission in every channel, within [exp(-1), 1]
+    assert np.allclose(t, t[..., :1], atol=1e-3)
+    assert t.min() >= np.exp(-1) - 1e-3 and t.max() <= 1 + 1e-3 and t.std() > 0.01  # the depth varies
+
+
+def test_rain_adds_positive_streaks():
+    dataset = SyntheticPairedDataset(make_opt('rain'))
+    torch.manual_seed(0)
+    for index in range(4):
+        item = dataset[index]
+        diff = (item['lq'] - item['gt']).numpy()
+        assert diff.min() >= -1e-6
+        assert (diff > 0.05).mean() > 0.005  # visible streaks, not just noise
+    img = np.full((64, 64, 3), 0.2, np.float32)
+    rainy = add_rain(img, np.random.default_rng(0), angle_range=(0, 0), length_range=(15, 15))
+    streak = rainy[..., 0] - 0.2
+    assert np.allclose(rainy, rainy[..., :1])  # white rain: same in every channel
+    # vertical streaks: neighbouring rows agree far more than neighbouring columns
+    assert np.abs(np.diff(streak, axis=0)).mean() < 0.5 * np.abs(np.diff(streak, axis=1)).mean()
+
+
+def test_degrade_sr_checks_size():
+    assert degrade_sr(np.zeros((12, 8, 3), np.float32), 4).shape == (3, 2, 3)
+    with pytest.raises(ValueError, match='multiple of scale'):
+        degrade_sr(np.zeros((10, 8, 3), np.float32), 4)
+
+
+@pytest.mark.parametrize('task,scale', TASK_SCALES)
+def test_validation_is_deterministic(task, scale):
+    dataset = SyntheticPairedDataset(make_opt(task, scale, 'val', val_size=48 if scale == 4 else 40))
+    first, second = dataset[0], dataset[0]
+    assert torch.equal(first['lq'], second['lq']) and torch.equal(first['gt'], second['gt'])
+    if task != 'sr':  # the seed drives the degradation
+        other = SyntheticPairedDataset(make_opt(task, scale, 'val', val_size=40, seed=1))[0]
+        assert torch.equal(other['gt'], first['gt']) and not torch.equal(other['lq'], first['lq'])
+
+
+def test_validation_whole_image_and_default_size():
+    whole = SyntheticPairedDataset(make_opt('sr', 3, 'val', images=['chelsea'], val_size=None))[0]
+    assert whole['gt'].shape == (3, 300, 450) and whole['lq'].shape == (3, 100, 150)  # 451 cut to 450
+    assert SyntheticPairedDataset(make_opt('sr', 3, 'val', images=['cat']))[0]['gt'].shape == (3, 126, 126)
+
+
+@pytest.mark.parametrize('task,scale', TASK_SCALES)
+def test_training_is_reproducible_under_a_torch_seed(task, scale):
+    dataset = SyntheticPairedDataset(make_opt(task, scale))
+    torch.manual_seed(123)
+    first = [dataset[i] for i in range(3)]
+    torch.manual_seed(123)
+    again = [dataset[i] for i in range(3)]
+    later = [dataset[i] for i in range(3)]  # a new "epoch": torch's RNG has moved on
+    for a, b, c in zip(first, again, later):
+        assert torch.equal(a['lq'], b['lq']) and torch.equal(a['gt'], b['gt'])
+    assert not all(torch.equal(a['gt'], c['gt']) for a, c in zip(first, later))
+
+
+def test_training_augmentation_is_basicsr_flips_and_transpose():
+    plain = SyntheticPairedDataset(make_opt('haze', use_hflip=False, use_rot=False, length=16))
+    augmented = SyntheticPairedDataset(make_opt('haze', length=16))
+    used = set()
+    for index in range(16):  # same torch draw, so the same image and crop; only the flips differ
+        torch.manual_seed(index)
+        gt = plain[index]['gt']
+        torch.manual_seed(index)
+        aug = augmented[index]['gt']
+        matches = [(h, v, t) for h in (0, 1) for v in (0, 1) for t in (0, 1)
+                   if torch.equal(aug, _flip(gt, h, v, t))]
+        assert matches
+        used.add(matches[0])
+    assert len(used) >= 4 and any(t for _, _, t in used)
+
+
+def _flip(chw, hflip, vflip, transpose):
+    out = chw.flip(2) if hflip else chw
+    out = out.flip(1) if vflip else out
+    return out.transpose(1, 2) if transpose else out
+
+
+@pytest.mark.parametrize('changes,message', [
+    (dict(task='denoise'), 'task must be one of'),
+    (dict(images=['chelsea', 'camera']), "names from .*'astronaut'"),
+    (dict(images=[]), 'non-empty'),
+    (dict(task='sr', scale=4, gt_size=30), 'gt_size must be a positive multiple of scale 4'),
+    (dict(task='sr', scale=1), "task 'sr' needs scale in"),
+    (dict(task='haze', scale=4), 'scale must be 1'),
+    (dict(task='rain', gt_size=320), "exceeds image 'chelsea'"),
+    (dict(task='sr', scale=2, phase='val', val_size=33), 'val_size must be a positive multiple'),
+    (dict(task='haze', degradation=dict(beta=1.0)), r"unknown degradation options \['beta'\]"),
+    (dict(task='haze', degradation=dict(light_range=[0.5, 1.5])), 'light_range must satisfy'),
+])
+def test_bad_options_raise(changes, message):
+    opt = make_opt('haze')
+    opt.update(changes)
+    with pytest.raises(ValueError, match=message):
+        SyntheticPairedDataset(opt)
+
+
+def test_pickles_for_spawned_workers():
+    dataset = SyntheticPairedDataset(make_opt('haze', phase='val'))
+    clone = pickle.loads(pickle.dumps(dataset))
+    assert torch.equal(clone[1]['lq'], dataset[1]['lq'])
+
+
+@pytest.mark.parametrize('workers', [0, 2])
+def test_basicsr_dataloader_collates_and_is_reproducible(workers):
+    opt = make_opt('sr', 4, num_worker_per_gpu=workers)
+    dataset = build_dataset(opt)
+    batches = []
+    for _ in range(2):
+        torch.manual_seed(7)
+        loader = build_dataloader(dataset, opt, num_gpu=1, dist=False, seed=7)
+        batches.append(next(iter(loader)))
+    first, second = batches
+    assert first['lq'].shape == (4, 3, 8, 8) and first['gt'].shape == (4, 3, 32, 32)
+    assert len(first['lq_path']) == 4 and all(p.endswith('_lq') for p in first['lq_path'])
+    assert torch.equal(first['gt'], second['gt']) and torch.equal(first['lq'], second['lq'])
+    flat = first['gt'].flatten(1)
+    assert all(not torch.equal(flat[i], flat[j]) for i in range(4) for j in range(i + 1, 4))  # samples differ
+
+    val_opt = make_opt('rain', phase='val', val_size=32)
+    val_batch = next(iter(build_dataloader(build_dataset(val_opt), val_opt)))
+    assert val_batch['lq'].shape == (1, 3, 32, 32) and val_batch['lq_path'] == ['chelsea']

@@ -1,0 +1,231 @@
+"""tools/train.py and tools/test.py end to end, in subprocesses, on image folders the test writes."""
+from __future__ import annotations
+
+import glob
+import os
+import re
+
+import pytest
+import torch
+import yaml
+
+from conftest import REPO, run_tool, write_paired_folders
+
+# The shape of BasicSR's own options/train/SwinIR/train_SwinIR_SRx4_scratch.yml (paths pointing at this test's
+# folders), with the contract's lines changed: model_type, the mclir block, and pixel_opt.
+SWINIR_SPN_OPTIONS = """
+name: train_SwinIR_SRx4_scratch_P48W8_DIV2K_500k_B4G8
+model_type: MCLIRModel
+scale: 4
+num_gpu: auto
+manual_seed: 0
+
+mclir:
+  base_model: SwinIRModel
+  hook:
+    type: HistoryNegativeHook
+    neg_iter: [1, 2, 3, 4]
+    neg_decay: 0.1
+    neg_start: 0.1
+
+datasets:
+  train:
+    name: DIV2K
+    type: PairedImageDataset
+    dataroot_gt: {gt}
+    dataroot_lq: {lq}
+    meta_info_file: basicsr/data/meta_info/meta_info_DIV2K800sub_GT.txt
+    filename_tmpl: '{{}}'
+    io_backend:
+      type: disk
+    gt_size: 192
+    use_hflip: true
+    use_rot: true
+    use_shuffle: true
+    num_worker_per_gpu: 6
+    batch_size_per_gpu: 4
+    dataset_enlarge_ratio: 1
+    prefetch_mode: ~
+  val:
+    name: Set5
+    type: PairedImageDataset
+    dataroot_gt: {gt}
+    dataroot_lq: {lq}
+    io_backend:
+      type: disk
+
+network_g:
+  type: SwinIR
+  upscale: 4
+  in_chans: 3
+  img_size: 48
+  window_size: 8
+  img_range: 1.
+  depths: [6, 6, 6, 6, 6, 6]
+  embed_dim: 180
+  num_heads: [6, 6, 6, 6, 6, 6]
+  mlp_ratio: 2
+  upsampler: 'pixelshuffle'
+  resi_connection: '1conv'
+
+path:
+  pretrain_network_g: ~
+  strict_load_g: true
+  resume_state: ~
+
+train:
+  ema_decay: 0.999
+  optim_g:
+    type: Adam
+    lr: !!float 2e-4
+    weight_decay: 0
+    betas: [0.9, 0.99]
+  scheduler:
+    type: MultiStepLR
+    milestones: [250000, 400000, 450000, 475000]
+    gamma: 0.5
+  total_iter: 500000
+  warmup_iter: -1
+  pixel_opt:
+    type: SPNLoss
+    loss_weight: 1.0
+    reduction: mean
+    neg_weight: 0.001
+    layer_weights: {{relu1_2: 0.2, relu2_2: 0.3, relu3_3: 0.5}}
+    vgg_type: vgg16
+
+val:
+  val_freq: !!float 5e3
+  save_img: false
+  metrics:
+    psnr:
+      type: calculate_psnr
+      crop_border: 4
+      test_y_channel: false
+
+logger:
+  print_freq: 100
+  save_checkpoint_freq: !!float 5e3
+  use_tb_logger: true
+  wandb:
+    project: ~
+    resume_id: ~
+
+dist_params:
+  backend: nccl
+  port: 29500
+"""
+
+CPU_OVERRIDES = ['num_gpu=0', 'datasets:train:meta_info_file=~', 'datasets:train:num_worker_per_gpu=0',
+                 'datasets:train:batch_size_per_gpu=2', 'datasets:train:gt_size=32', 'network_g:depths=[2,2]',
+                 'network_g:num_heads=[2,2]', 'network_g:embed_dim=16', 'logger:print_freq=1',
+                 'logger:save_checkpoint_freq=2', 'val:val_freq=4']
+
+
+@pytest.fixture
+def swinir_run(tmp_path, torch_home_with_vgg):
+    """A working folder with paired PNG folders and the SwinIR SPN option file."""
+    gt, lq = write_paired_folders(tmp_path / 'datasets', n=4, gt_size=48, scale=4)
+    opt_file = tmp_path / 'train_SwinIR_SRx4_scratch_spn.yml'
+    opt_file.write_text(SWINIR_SPN_OPTIONS.format(gt=gt, lq=lq))
+    return tmp_path, opt_file
+
+
+def train(cwd, opt_file, *extra, overrides=CPU_OVERRIDES):
+    return run_tool([os.path.join(REPO, 'tools', 'train.py'), '-opt', str(opt_file), *extra,
+                     '--force_yml', *overrides], cwd=cwd)
+
+
+def logged(stdout: str, key: str) -> list[float]:
+    return [float(v) for v in re.findall(rf'{key}: ([-0-9.e+]+)', stdout)]
+
+
+def test_basicsr_swinir_options_train_resume_and_test(swinir_run):
+    cwd, opt_file = swinir_run
+    name = 'train_SwinIR_SRx4_scratch_P48W8_DIV2K_500k_B4G8'
+    result = train(cwd, opt_file, overrides=CPU_OVERRIDES + ['train:total_iter=4'])
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = result.stdout + result.stderr
+    assert 'Model [MCLIRSwinIRModel] is created.' in out
+    assert 'SPNLoss: vgg16 ImageNet weights from' in out
+    assert len(logged(out, 'l_pix')) == 4 and len(logged(out, 'l_neg_ratio')) == 4
+    assert all(v > 0 for v in logged(out, 'l_neg')[1:])  # negatives lag behind after the first refresh
+    assert '# psnr:' in out
+    run_dir = cwd / 'experiments' / name
+    assert sorted(os.listdir(run_dir / 'training_states')) == ['2.state', '4.state']
+    assert {'net_g_2.pth', 'net_g_4.pth', 'net_g_latest.pth'} <= set(os.listdir(run_dir / 'models'))
+    state = torch.load(run_dir / 'training_states' / '4.state', weights_only=True)
+    assert state['mclir']['refresh_count'] == [4, 2, 1, 1]
+    saved_negatives = state['mclir']['negatives']
+
+    # --auto_resume from another working directory would archive the run in BasicSR 1.4.2; the plugin's root is
+    # the working directory, so run it from the same one and check it resumed, with the negatives restored.
+    resumed = train(cwd, opt_file, '--auto_resume', overrides=CPU_OVERRIDES + ['train:total_iter=6'])
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    out2 = resumed.stdout + resumed.stderr
+    assert 'Resuming training from epoch: 0, iter: 4.' in out2 or 'Resuming training from epoch: 1, iter: 4.' in out2
+    assert 'negatives restored from the training state' in out2
+    assert 'refreshes so far 4, last at it 4' in out2
+    assert not glob.glob(str(cwd / 'experiments' / '*archived*'))
+    state6 = torch.load(run_dir / 'training_states' / '6.state', weights_only=True)
+    assert state6['mclir']['refresh_count'] == [6, 3, 2, 1]
+    # negative 3 (every 4 it) was not refreshed since iteration 4: unchanged through stop and resume
+    assert all(torch.equal(state6['mclir']['negatives'][3][k], v) for k, v in saved_negatives[3].items())
+
+    # tools/test.py on the trained weights, with a BasicSR test option file
+    test_opt = {
+        'name': 'test_spn', 'model_type': 'SwinIRModel', 'scale': 4, 'num_gpu': 0, 'manual_seed': 0,
+        'datasets': {'test_1': {'name': 'Tiny', 'type': 'PairedImageDataset', 'dataroot_gt': str(cwd / 'datasets/gt'),
+                                'dataroot_lq': str(cwd / 'datasets/lq'), 'io_backend': {'type': 'disk'}}},
+        'network_g': {'type': 'SwinIR', 'upscale': 4, 'in_chans': 3, 'img_size': 48, 'window_size': 8,
+                      'img_range': 1., 'depths': [2, 2], 'embed_dim': 16, 'num_heads': [2, 2], 'mlp_ratio': 2,
+                      'upsampler': 'pixelshuffle', 'resi_connection': '1conv'},
+        'path': {'pretrain_network_g': str(run_dir / 'models' / 'net_g_latest.pth'), 'param_key_g': 'params_ema',
+                 'strict_load_g': True},
+        'val': {'save_img': True, 'suffix': None, 'metrics': {'psnr': {'type': 'calculate_psnr', 'crop_border': 4,
+                                                       'test_y_channel': True}}},
+    }
+    (cwd / 'test.yml').write_text(yaml.safe_dump(test_opt))
+    tested = run_tool([os.path.join(REPO, 'tools', 'test.py'), '-opt', 'test.yml'], cwd=cwd)
+    assert tested.returncode == 0, tested.stdout[-3000:] + tested.stderr[-3000:]
+    assert '# psnr:' in tested.stdout + tested.stderr
+    assert len(glob.glob(str(cwd / 'results' / 'test_spn' / 'visualization' / 'Tiny' / '*.png'))) == 4
+
+
+def test_missing_dataset_folder_is_a_clear_error(swinir_run):
+    cwd, opt_file = swinir_run
+    result = train(cwd, opt_file, overrides=CPU_OVERRIDES + ['datasets:train:dataroot_gt=datasets/DIV2K/missing'])
+    assert result.returncode != 0
+    assert "dataroot_gt 'datasets/DIV2K/missing' does not exist" in result.stderr
+
+
+def test_offline_without_vgg_weights_fails_before_training(swinir_run, empty_torch_home):
+    cwd, opt_file = swinir_run
+    result = train(cwd, opt_file, overrides=CPU_OVERRIDES + ['train:total_iter=2'])
+    assert result.returncode != 0
+    assert 'vgg16-397923af.pth' in result.stderr and 'Start training' not in result.stdout + result.stderr
+
+
+def test_local_rank_dash_flag_is_accepted(swinir_run):
+    cwd, opt_file = swinir_run
+    result = train(cwd, opt_file, '--local-rank=0', overrides=CPU_OVERRIDES + ['train:total_iter=1', 'val:val_freq=10'])
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_shipped_spn_options_differ_from_their_baselines_only_in_contract_lines():
+    """Each baseline/SPN pair: same file except model_type, name, the mclir block and pixel_opt's SPN keys."""
+    pairs = [('demo.yml', 'demo_spn.yml'), ('swinir.yml', 'swinir_spn.yml')]
+    for base_name, spn_name in pairs:
+        base = yaml.safe_load(open(os.path.join(REPO, 'options', base_name)))
+        spn = yaml.safe_load(open(os.path.join(REPO, 'options', spn_name)))
+        assert spn['model_type'] == 'MCLIRModel' and spn['mclir']['base_model'] == base['model_type']
+        assert spn['train']['pixel_opt']['type'] == 'SPNLoss' and base['train']['pixel_opt']['type'] == 'L1Loss'
+        for key in set(base) | set(spn):
+            if key not in ('name', 'model_type', 'mclir', 'train'):
+                assert base.get(key) == spn.get(key), (spn_name, key)
+        for key in set(base['train']) | set(spn['train']):
+            if key != 'pixel_opt':
+                assert base['train'].get(key) == spn['train'].get(key), (spn_name, 'train', key)
+        for key, value in base['train']['pixel_opt'].items():
+            if key != 'type':
+                assert spn['train']['pixel_opt'][key] == value, (spn_name, 'pixel_opt', key)
