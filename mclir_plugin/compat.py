@@ -12,6 +12,8 @@ idempotent runtime fixes, each tied to a breakage listed in ``docs/basicsr_notes
   folder relative to the working directory. :func:`load_resume_state` replaces BasicSR's version.
 * **H** ``--launcher pytorch`` hard-codes nccl and picks the GPU by global rank (``ZeroDivisionError`` on CPU).
   :func:`init_dist` uses gloo without CUDA and ``LOCAL_RANK`` with it; DDP on CPU needs ``device_ids=None``.
+* Resume restarts the interrupted epoch and forgets the random states; the training loader is wrapped so that
+  :mod:`mclir_plugin.resume` can replay it exactly. A missing dataset path is named before BasicSR fails on it.
 
 :func:`patch_basicsr` installs the run-time fixes; it is called by ``import mclir_plugin``.
 """
@@ -88,8 +90,11 @@ def _slurm_env(port: int | None) -> None:
     """Translate srun's variables into the ones ``init_process_group(init_method='env://')`` reads."""
     import subprocess
     proc_id = int(os.environ['SLURM_PROCID'])
-    os.environ.setdefault('MASTER_PORT', str(port or 29500))
-    os.environ['MASTER_ADDR'] = subprocess.getoutput(f"scontrol show hostname {os.environ['SLURM_NODELIST']} | head -n1")
+    if port is not None:  # dist_params.port wins, as in BasicSR
+        os.environ['MASTER_PORT'] = str(port)
+    os.environ.setdefault('MASTER_PORT', '29500')
+    nodes = os.environ['SLURM_NODELIST']
+    os.environ['MASTER_ADDR'] = subprocess.getoutput(f'scontrol show hostname {nodes} | head -n1')
     os.environ['WORLD_SIZE'] = os.environ['SLURM_NTASKS']
     os.environ['RANK'] = str(proc_id)
     os.environ.setdefault('LOCAL_RANK', os.environ.get('SLURM_LOCALID', '0'))
@@ -118,8 +123,8 @@ def load_resume_state(opt: dict) -> dict | None:
     if path is None:
         return None
     if not osp.isfile(path):
-        raise FileNotFoundError(f'path.resume_state {path!r} does not exist: point it at a training_states/<iter>.state '
-                                'file of an earlier run, or use --auto_resume.')
+        raise FileNotFoundError(f'path.resume_state {path!r} does not exist: point it at a '
+                                'training_states/<iter>.state file of an earlier run, or use --auto_resume.')
     if opt.get('num_gpu', 0) != 0 and torch.cuda.is_available():
         location = torch.device('cuda', torch.cuda.current_device())
     else:
@@ -171,6 +176,30 @@ def _checked_build_dataset(build_dataset):
     return build
 
 
+def _load_network_naming_file(load_network):
+    """``BaseModel.load_network`` whose errors name the file and what to check."""
+    def load(self, net, load_path, strict=True, param_key='params'):
+        try:
+            return load_network(self, net, load_path, strict, param_key)
+        except Exception as err:
+            raise RuntimeError(
+                f'Cannot load {param_key!r} from {load_path!r} into {type(self.get_bare_model(net)).__name__} '
+                f'({type(err).__name__}: {str(err)[:500]}). Check that network_g matches the checkpoint, or, for a '
+                'damaged file, delete it and its training state to resume from the previous checkpoint.') from err
+    load.__wrapped__ = load_network
+    return load
+
+
+def _resumable_train_loader(create_train_val_dataloader):
+    """Wrap BasicSR's train loader in :class:`mclir_plugin.resume.ResumableLoader` (exact resume)."""
+    def create(opt, logger):
+        from mclir_plugin.resume import ResumableLoader
+        train_loader, *rest = create_train_val_dataloader(opt, logger)
+        return (ResumableLoader(train_loader), *rest)
+    create.__wrapped__ = create_train_val_dataloader
+    return create
+
+
 def patch_basicsr() -> None:
     """Install the run-time fixes (idempotent). Requires :func:`install_import_shim` to have run."""
     global _PATCHED
@@ -183,5 +212,7 @@ def patch_basicsr() -> None:
     bs_options.init_dist = init_dist
     bs_train.load_resume_state = load_resume_state
     bs_train.build_dataset = _checked_build_dataset(bs_train.build_dataset)
+    bs_train.create_train_val_dataloader = _resumable_train_loader(bs_train.create_train_val_dataloader)
     BaseModel.model_to_device = _model_to_device
+    BaseModel.load_network = _load_network_naming_file(BaseModel.load_network)
     _PATCHED = True

@@ -60,10 +60,139 @@ def write_paired_folders(root, n: int = 6, gt_size: int = 64, scale: int = 4, se
     return gt_dir, lq_dir
 
 
+def run_command(command: list[str], cwd, timeout: int = 600, env: dict | None = None):
+    """Run ``command`` in ``cwd`` with this interpreter's environment; return the CompletedProcess."""
+    import subprocess
+    full_env = dict(os.environ, PYTHONUNBUFFERED='1', OMP_NUM_THREADS='2', PYTHON=sys.executable)
+    full_env.update(env or {})
+    return subprocess.run(command, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
 def run_tool(args: list[str], cwd, timeout: int = 600, env: dict | None = None):
     """Run ``python tools/<...>.py args`` in ``cwd`` with this interpreter; return the CompletedProcess."""
-    import subprocess
-    full_env = dict(os.environ, PYTHONUNBUFFERED='1', OMP_NUM_THREADS='2')
-    full_env.update(env or {})
-    return subprocess.run([sys.executable, *args], cwd=cwd, env=full_env, capture_output=True, text=True,
-                          timeout=timeout)
+    return run_command([sys.executable, *args], cwd, timeout, env)
+
+
+# The shape of BasicSR's own options/train/SwinIR/train_SwinIR_SRx4_scratch.yml (paths pointing at this test's
+# folders), with the contract's lines changed: model_type, the mclir block, and pixel_opt.
+SWINIR_SPN_OPTIONS = """
+name: train_SwinIR_SRx4_scratch_P48W8_DIV2K_500k_B4G8
+model_type: MCLIRModel
+scale: 4
+num_gpu: auto
+manual_seed: 0
+
+mclir:
+  base_model: SwinIRModel
+  hook:
+    type: HistoryNegativeHook
+    neg_iter: [1, 2, 3, 4]
+    neg_decay: 0.1
+    neg_start: 0.1
+
+datasets:
+  train:
+    name: DIV2K
+    type: PairedImageDataset
+    dataroot_gt: {gt}
+    dataroot_lq: {lq}
+    meta_info_file: basicsr/data/meta_info/meta_info_DIV2K800sub_GT.txt
+    filename_tmpl: '{{}}'
+    io_backend:
+      type: disk
+    gt_size: 192
+    use_hflip: true
+    use_rot: true
+    use_shuffle: true
+    num_worker_per_gpu: 6
+    batch_size_per_gpu: 4
+    dataset_enlarge_ratio: 1
+    prefetch_mode: ~
+  val:
+    name: Set5
+    type: PairedImageDataset
+    dataroot_gt: {gt}
+    dataroot_lq: {lq}
+    io_backend:
+      type: disk
+
+network_g:
+  type: SwinIR
+  upscale: 4
+  in_chans: 3
+  img_size: 48
+  window_size: 8
+  img_range: 1.
+  depths: [6, 6, 6, 6, 6, 6]
+  embed_dim: 180
+  num_heads: [6, 6, 6, 6, 6, 6]
+  mlp_ratio: 2
+  upsampler: 'pixelshuffle'
+  resi_connection: '1conv'
+
+path:
+  pretrain_network_g: ~
+  strict_load_g: true
+  resume_state: ~
+
+train:
+  ema_decay: 0.999
+  optim_g:
+    type: Adam
+    lr: !!float 2e-4
+    weight_decay: 0
+    betas: [0.9, 0.99]
+  scheduler:
+    type: MultiStepLR
+    milestones: [250000, 400000, 450000, 475000]
+    gamma: 0.5
+  total_iter: 500000
+  warmup_iter: -1
+  pixel_opt:
+    type: SPNLoss
+    loss_weight: 1.0
+    reduction: mean
+    neg_weight: 0.001
+    layer_weights: {{relu1_2: 0.2, relu2_2: 0.3, relu3_3: 0.5}}
+    vgg_type: vgg16
+
+val:
+  val_freq: !!float 5e3
+  save_img: false
+  metrics:
+    psnr:
+      type: calculate_psnr
+      crop_border: 4
+      test_y_channel: false
+
+logger:
+  print_freq: 100
+  save_checkpoint_freq: !!float 5e3
+  use_tb_logger: true
+  wandb:
+    project: ~
+    resume_id: ~
+
+dist_params:
+  backend: nccl
+  port: 29500
+"""
+
+CPU_OVERRIDES = ['num_gpu=0', 'datasets:train:meta_info_file=~', 'datasets:train:num_worker_per_gpu=0',
+                 'datasets:train:batch_size_per_gpu=2', 'datasets:train:gt_size=32', 'network_g:depths=[2,2]',
+                 'network_g:num_heads=[2,2]', 'network_g:embed_dim=16', 'logger:print_freq=1',
+                 'logger:save_checkpoint_freq=2', 'val:val_freq=4']
+
+
+@pytest.fixture
+def swinir_run(tmp_path, torch_home_with_vgg):
+    """A working folder with paired PNG folders and the SwinIR SPN option file."""
+    gt, lq = write_paired_folders(tmp_path / 'datasets', n=4, gt_size=48, scale=4)
+    opt_file = tmp_path / 'train_SwinIR_SRx4_scratch_spn.yml'
+    opt_file.write_text(SWINIR_SPN_OPTIONS.format(gt=gt, lq=lq))
+    return tmp_path, opt_file
+
+
+def train(cwd, opt_file, *extra, overrides=CPU_OVERRIDES):
+    return run_tool([os.path.join(REPO, 'tools', 'train.py'), '-opt', str(opt_file), *extra,
+                     '--force_yml', *overrides], cwd=cwd)

@@ -5,7 +5,8 @@ Negative ``i`` starts as a blend of the network and a fresh initialisation and i
 
 .. math::
 
-    \\theta'_i \\leftarrow s \\, \\theta^{fresh}_i + (1 - s) \\, \\theta          \\quad\\text{(start, } s = \\text{neg\\_start)}
+    \\theta'_i \\leftarrow s \\, \\theta^{fresh}_i + (1 - s) \\, \\theta
+    \\quad\\text{(start, } s = \\text{neg\\_start)}
 
     \\theta'_i \\leftarrow d_i \\, \\theta'_i + (1 - d_i) \\, \\theta  \\quad\\text{when } t \\bmod k_i = 0
     \\text{ (t = 1-based iteration, } d_i = \\text{neg\\_decay}_i)
@@ -90,6 +91,9 @@ class HistoryNegativeHook(Hook):
         update_buffers: Refresh buffers too (floating ones blended, others copied). Defaults to True.
         seed: Seed of the fresh initialisations, the same on every rank. ``None`` lets the owner choose
             (MCLIRModel passes the run's ``manual_seed``); otherwise 0. Defaults to None.
+        sync_check_interval: Debugging aid for multi-process runs: every this many iterations, compare checksums
+            of the negatives across ranks (two small all-reduces) and raise if they differ. 0 turns it off; the
+            negatives need no communication otherwise. Defaults to 0.
     """
 
     priority = 'NORMAL'
@@ -100,7 +104,8 @@ class HistoryNegativeHook(Hook):
                  neg_start: float = 0.1,
                  pairing: str = 'natural',
                  update_buffers: bool = True,
-                 seed: int | None = None) -> None:
+                 seed: int | None = None,
+                 sync_check_interval: int = 0) -> None:
         neg_iter = list(neg_iter) if isinstance(neg_iter, (list, tuple)) else [neg_iter]
         if not neg_iter:
             raise ValueError('neg_iter is empty: give one refresh interval (iterations) per negative model.')
@@ -110,9 +115,13 @@ class HistoryNegativeHook(Hook):
         decays = _as_list(neg_decay, len(neg_iter), 'neg_decay')
         for d in decays:
             if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0 <= d < 1:
-                raise ValueError(f'neg_decay must be in [0, 1) (the share a negative keeps of itself), got {neg_decay}.')
+                raise ValueError(f'neg_decay must be in [0, 1) (the share a negative keeps of itself), '
+                                 f'got {neg_decay}.')
         if isinstance(neg_start, bool) or not isinstance(neg_start, (int, float)) or not 0 <= neg_start <= 1:
-            raise ValueError(f'neg_start must be in [0, 1] (the share of a fresh init at the start), got {neg_start!r}.')
+            raise ValueError(f'neg_start must be in [0, 1] (the share of a fresh init at the start), '
+                             f'got {neg_start!r}.')
+        if isinstance(sync_check_interval, bool) or not isinstance(sync_check_interval, int) or sync_check_interval < 0:
+            raise ValueError(f'sync_check_interval must be an integer >= 0 (0 = off), got {sync_check_interval!r}.')
         if pairing not in PAIRINGS:
             raise ValueError(f'pairing must be one of {PAIRINGS}, got {pairing!r}.')
         num = len(neg_iter)
@@ -122,6 +131,7 @@ class HistoryNegativeHook(Hook):
         self.pairing = pairing
         self.update_buffers = bool(update_buffers)
         self.seed = seed
+        self.sync_check_interval = sync_check_interval
         # per physical negative i: its interval and decay
         self.intervals = neg_iter[::-1] if pairing == 'official_reversed' else list(neg_iter)
         self.decays = list(self.neg_decay)
@@ -200,7 +210,37 @@ class HistoryNegativeHook(Hook):
                 self.refresh_count[i] += 1
                 self.last_refresh_iter[i] = current_iter
                 refreshed.append(i)
+        if self.sync_check_interval and current_iter % self.sync_check_interval == 0:
+            self.check_sync(current_iter)
         return refreshed
+
+    @torch.no_grad()
+    def checksums(self) -> torch.Tensor:
+        """One float64 number per tensor of every negative (sum of its entries, weighted by position)."""
+        sums = []
+        for neg in self.negatives:
+            for tensor in neg.state_dict().values():
+                flat = tensor.detach().flatten().double()
+                weights = torch.arange(1, flat.numel() + 1, dtype=torch.float64, device=flat.device)
+                sums.append((flat * weights).sum())
+        return torch.stack(sums)
+
+    @torch.no_grad()
+    def check_sync(self, current_iter: int) -> None:
+        """Raise if the negatives differ across ranks (no-op without torch.distributed)."""
+        import torch.distributed as dist
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return
+        local = self.checksums()
+        if dist.get_backend() == 'nccl':
+            local = local.cuda()
+        low, high = local.clone(), local.clone()
+        dist.all_reduce(low, op=dist.ReduceOp.MIN)
+        dist.all_reduce(high, op=dist.ReduceOp.MAX)
+        if not torch.equal(low, high):
+            raise RuntimeError(f'Negative models differ across ranks at iteration {current_iter} (checksums of '
+                               f'{int((low != high).sum())} tensors disagree): this is a bug, please report it.')
+        logger.info(f'Negative models agree across {dist.get_world_size()} ranks at iteration {current_iter}.')
 
     @torch.no_grad()
     def forward_negatives(self, x: torch.Tensor) -> torch.Tensor:

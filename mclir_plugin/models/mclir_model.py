@@ -11,8 +11,9 @@ test (SwinIR's padding, say) stay those of the base model. One training step, in
 
 Logged: ``l_pix``, ``l_neg`` (the weighted negative term, the amount subtracted) and ``l_neg_ratio`` =
 ``l_neg / l_pix`` (the authors keep it at 0.01-0.1). The negatives and the hook's counters are written into every
-training state (``training_states/<iter>.state``, key ``mclir``) and restored on resume; checkpoints are written
-atomically.
+training state (``training_states/<iter>.state``, key ``mclir``) with the random states and the epoch position
+(key ``progress``, :mod:`mclir_plugin.resume`), and restored on resume, so a resumed run continues exactly;
+checkpoints are written atomically. Validation leaves the random states untouched.
 
 Caveat: the base model must keep ``SRModel.optimize_parameters``; models with their own training step (GAN models)
 are refused with a clear error rather than silently trained without their extra losses.
@@ -33,9 +34,10 @@ from basicsr.utils.registry import LOSS_REGISTRY, MODEL_REGISTRY
 from mmengine.registry import HOOKS
 
 from mclir_plugin.checkpoint import atomic_torch_save
-from mclir_plugin.hooks.history_negative_hook import HistoryNegativeHook, unwrap
+from mclir_plugin.hooks.history_negative_hook import HistoryNegativeHook
 from mclir_plugin.losses.spn_loss import SPNLoss
 from mclir_plugin.options import check_call_kwargs, check_keys
+from mclir_plugin.resume import PROGRESS, preserved_rng, schedule_resume
 
 MCLIR_KEYS = ('base_model', 'hook')
 STATE_KEY = 'mclir'
@@ -104,26 +106,57 @@ class MCLIRMixin:
             save_dict[key] = {(k[7:] if k.startswith('module.') else k): v.cpu() for k, v in state.items()}
         atomic_torch_save(save_dict, os.path.join(self.opt['path']['models'], f'{net_label}_{label}.pth'))
 
-    @master_only
     def save_training_state(self, epoch: int, current_iter: int) -> None:
-        """BasicSR's training state plus the negatives and hook counters under ``'mclir'``, written atomically."""
+        """BasicSR's training state plus, written atomically by rank 0:
+
+        * ``'mclir'``: the negatives and the hook's counters;
+        * ``'progress'``: every rank's random states and the position in the epoch (see :mod:`mclir_plugin.resume`).
+
+        Called on every rank (the random states are gathered), unlike BasicSR's master-only version.
+        """
         if current_iter == -1:
+            return
+        progress = [PROGRESS.state()]
+        rank, world_size = get_dist_info()
+        if world_size > 1:
+            progress = [None] * world_size
+            torch.distributed.all_gather_object(progress, PROGRESS.state())
+        if rank != 0:
             return
         state = {'epoch': epoch, 'iter': current_iter,
                  'optimizers': [o.state_dict() for o in self.optimizers],
                  'schedulers': [s.state_dict() for s in self.schedulers],
-                 STATE_KEY: self.negative_hook.state_dict()}
+                 STATE_KEY: self.negative_hook.state_dict(),
+                 'progress': progress}
         atomic_torch_save(state, os.path.join(self.opt['path']['training_states'], f'{current_iter}.state'))
 
     def resume_training(self, resume_state: dict) -> None:
         super().resume_training(resume_state)
         logger = get_root_logger()
         if STATE_KEY in resume_state:
-            self.negative_hook.load_state_dict(resume_state[STATE_KEY])
+            try:
+                self.negative_hook.load_state_dict(resume_state[STATE_KEY])
+            except (ValueError, RuntimeError, KeyError) as err:
+                raise type(err)(f"Training state {self.opt['path'].get('resume_state')!r}: {err}") from err
             logger.info('MCLIR: negatives restored from the training state. ' + self.negative_hook.describe())
         else:
             logger.warning('MCLIR: the training state has no negative models (it was not written by MCLIRModel); '
                            'the negatives start afresh from the resumed network.')
+        progress = resume_state.get('progress')
+        rank, world_size = get_dist_info()
+        if progress is None:
+            logger.warning('Exact resume unavailable: the training state has no random states; the interrupted '
+                           'epoch restarts from its first batch (BasicSR behaviour).')
+        elif len(progress) != world_size:
+            logger.warning(f'Exact resume skipped: the checkpoint was written by {len(progress)} process(es), this run '
+                           f'has {world_size}; the interrupted epoch restarts from its first batch.')
+        else:
+            schedule_resume(progress[rank])
+
+    def validation(self, dataloader, current_iter, tb_logger, save_img=False):
+        """The base model's validation, leaving every random state as it was (so it cannot change training)."""
+        with preserved_rng():
+            return super().validation(dataloader, current_iter, tb_logger, save_img)
 
 
 def _shared_seed(seed: int) -> int:

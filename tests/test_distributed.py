@@ -1,0 +1,93 @@
+"""Two processes through torchrun (gloo on CPU): training, validation, checkpoints, negatives equal on every rank."""
+from __future__ import annotations
+
+import os
+
+import torch
+import yaml
+
+from conftest import REPO, run_command, write_paired_folders
+
+
+def test_two_process_gloo_run_keeps_negatives_in_sync_and_resumes(tmp_path, empty_torch_home):
+    gt, lq = write_paired_folders(tmp_path / 'data', n=8, gt_size=48, scale=4)
+    opt = {
+        'name': 'ddp', 'model_type': 'MCLIRModel', 'scale': 4, 'num_gpu': 0,  # no manual_seed: ranks must agree
+        'mclir': {'base_model': 'SwinIRModel',
+                  'hook': {'neg_iter': [1, 3], 'neg_decay': [0.1, 0.5], 'neg_start': 0.3, 'sync_check_interval': 1}},
+        'datasets': {
+            'train': {'name': 'tiny', 'type': 'PairedImageDataset', 'dataroot_gt': gt, 'dataroot_lq': lq,
+                      'io_backend': {'type': 'disk'}, 'gt_size': 32, 'use_hflip': True, 'use_rot': True,
+                      'use_shuffle': True, 'num_worker_per_gpu': 0, 'batch_size_per_gpu': 2,
+                      'dataset_enlarge_ratio': 1, 'prefetch_mode': None},
+            'val': {'name': 'tiny_val', 'type': 'PairedImageDataset', 'dataroot_gt': gt, 'dataroot_lq': lq,
+                    'io_backend': {'type': 'disk'}}},
+        'network_g': {'type': 'SwinIR', 'upscale': 4, 'in_chans': 3, 'img_size': 8, 'window_size': 4,
+                      'img_range': 1., 'depths': [2], 'embed_dim': 8, 'num_heads': [2], 'mlp_ratio': 2,
+                      'upsampler': 'pixelshuffledirect', 'resi_connection': '1conv'},
+        'path': {'pretrain_network_g': None, 'strict_load_g': True, 'resume_state': None},
+        'train': {'ema_decay': 0.9, 'optim_g': {'type': 'Adam', 'lr': 1e-3, 'betas': [0.9, 0.99]},
+                  'scheduler': {'type': 'MultiStepLR', 'milestones': [100], 'gamma': 0.5}, 'total_iter': 4,
+                  'warmup_iter': -1,
+                  'pixel_opt': {'type': 'SPNLoss', 'neg_weight': 0.5, 'vgg_fallback': 'random'}},
+        'val': {'val_freq': 4, 'save_img': False,
+                'metrics': {'psnr': {'type': 'calculate_psnr', 'crop_border': 4, 'test_y_channel': True}}},
+        'logger': {'print_freq': 1, 'save_checkpoint_freq': 2, 'use_tb_logger': False},
+        'dist_params': {'backend': 'nccl', 'port': 29500},  # a GPU file's setting: becomes gloo without CUDA
+    }
+    (tmp_path / 'opt.yml').write_text(yaml.safe_dump(opt))
+    script = os.path.join(REPO, 'tools', 'dist_train.sh')
+    result = run_command(['bash', script, '2', 'opt.yml'], cwd=tmp_path)  # the README's launcher
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-4000:]
+    assert 'World size (gpu number): 2' in out
+    assert out.count('Negative models agree across 2 ranks') == 4  # iterations 1-4, logged by rank 0
+    assert '# psnr:' in out
+    state = torch.load(tmp_path / 'experiments/ddp/training_states/4.state', weights_only=True)
+    assert len(state['progress']) == 2  # both ranks' random states
+    assert not torch.equal(state['progress'][0]['rng']['torch'], state['progress'][1]['rng']['torch'])
+    assert state['mclir']['refresh_count'] == [4, 1]
+
+    opt['train']['total_iter'] = 6
+    (tmp_path / 'opt.yml').write_text(yaml.safe_dump(opt))
+    resumed = run_command(['bash', script, '2', 'opt.yml', '--auto_resume'], cwd=tmp_path)
+    out = resumed.stdout + resumed.stderr
+    assert resumed.returncode == 0, out[-4000:]
+    assert 'Resuming training from epoch: 1, iter: 4.' in out  # 2 batches an epoch per rank
+    assert 'negatives restored from the training state' in out
+    assert out.count('Negative models agree across 2 ranks') == 2
+
+
+def _sync_check_worker(rank: int, init_file: str, perturb: bool, results) -> None:
+    import torch.distributed as dist
+    from torch import nn
+
+    from mclir_plugin import HistoryNegativeHook
+    dist.init_process_group('gloo', init_method=f'file://{init_file}', rank=rank, world_size=2)
+    try:
+        torch.manual_seed(0)  # the same network on both ranks, as DDP guarantees
+        net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+        hook = HistoryNegativeHook(neg_iter=[1], neg_start=0.5, seed=1, sync_check_interval=1)
+        hook.build(net)
+        if perturb and rank == 1:
+            with torch.no_grad():
+                hook.negatives[0][0].weight[0, 0, 0, 0] += 1e-6
+        try:
+            hook.step(net, 1)
+            results[rank] = 'agree'
+        except RuntimeError as err:
+            results[rank] = str(err)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_sync_check_detects_a_difference(tmp_path):
+    import torch.multiprocessing as mp
+    for perturb in (False, True):
+        manager = mp.Manager()
+        results = manager.dict()
+        mp.spawn(_sync_check_worker, args=(str(tmp_path / f'init{perturb}'), perturb, results), nprocs=2)
+        if perturb:
+            assert all('Negative models differ across ranks at iteration 1' in results[r] for r in (0, 1))
+        else:
+            assert dict(results) == {0: 'agree', 1: 'agree'}
