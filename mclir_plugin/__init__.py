@@ -16,7 +16,7 @@ _compat.patch_basicsr()
 from mclir_plugin.losses import SPNLoss, VGGFeatures  # noqa: E402
 from mclir_plugin.hooks import HistoryNegativeHook  # noqa: E402
 from mclir_plugin.models import MCLIRModel  # noqa: E402
-from mclir_plugin import data  # noqa: E402,F401  (registers the datasets)
+from mclir_plugin import archs, data  # noqa: E402,F401  (register the architectures and datasets)
 
 __version__ = '0.1.0'
 __all__ = ['SPNLoss', 'VGGFeatures', 'HistoryNegativeHook', 'MCLIRModel', '__version__']

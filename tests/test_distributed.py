@@ -37,7 +37,8 @@ def test_two_process_gloo_run_keeps_negatives_in_sync_and_resumes(tmp_path, empt
     }
     (tmp_path / 'opt.yml').write_text(yaml.safe_dump(opt))
     script = os.path.join(REPO, 'tools', 'dist_train.sh')
-    result = run_command(['bash', script, '2', 'opt.yml'], cwd=tmp_path)  # the README's launcher
+    one_thread = {'OMP_NUM_THREADS': '1'}  # two processes on two cores
+    result = run_command(['bash', script, '2', 'opt.yml'], cwd=tmp_path, env=one_thread)  # the README's launcher
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-4000:]
     assert 'World size (gpu number): 2' in out
@@ -50,7 +51,7 @@ def test_two_process_gloo_run_keeps_negatives_in_sync_and_resumes(tmp_path, empt
 
     opt['train']['total_iter'] = 6
     (tmp_path / 'opt.yml').write_text(yaml.safe_dump(opt))
-    resumed = run_command(['bash', script, '2', 'opt.yml', '--auto_resume'], cwd=tmp_path)
+    resumed = run_command(['bash', script, '2', 'opt.yml', '--auto_resume'], cwd=tmp_path, env=one_thread)
     out = resumed.stdout + resumed.stderr
     assert resumed.returncode == 0, out[-4000:]
     assert 'Resuming training from epoch: 1, iter: 4.' in out  # 2 batches an epoch per rank

@@ -10,6 +10,7 @@ from basicsr.archs import build_network
 from basicsr.models import build_model
 
 from mclir_plugin.models import MCLIRMixin
+from mclir_plugin.reference import OfficialStep
 
 EDSR = dict(type='EDSR', num_in_ch=3, num_out_ch=3, num_feat=8, num_block=1, upscale=2, res_scale=1,
             img_range=255., rgb_mean=[0.4488, 0.4371, 0.4040])
@@ -48,39 +49,15 @@ def batches(n, seed=0):
 
 
 def official_run(model_opt, init_state, spn, data, neg_iter, neg_decay, lam):
-    """The official SRNegModel_Multi step (docs/mclir_method.md §1.7), written out with plain torch.
-
-    Per negative, VGG is recomputed on the output and back-propagated through (as the official code does);
-    the interval list is reversed, the decay list is not.
-    """
-    torch.manual_seed(0)
+    """The official step (mclir_plugin.reference) from the same initial weights; negatives start as exact copies."""
     net = build_network(copy.deepcopy(model_opt['network_g']))
     net.load_state_dict(init_state)
-    negs = [copy.deepcopy(net).eval().requires_grad_(False) for _ in neg_iter]  # neg_start = 0: exact copies
-    optim = torch.optim.Adam(net.parameters(), lr=1e-2, betas=(0.9, 0.99))
-    alpha = spn.layer_weights
+    negs = [copy.deepcopy(net).eval().requires_grad_(False) for _ in neg_iter]  # neg_start = 0
+    step = OfficialStep(net, negs, torch.optim.Adam(net.parameters(), lr=1e-2, betas=(0.9, 0.99)), spn.vgg,
+                        spn.layer_weights, lam, neg_iter, neg_decay)
     losses, snapshots = [], []
     for it, batch in enumerate(data, start=1):
-        optim.zero_grad()
-        out = net(batch['lq'])
-        with torch.no_grad():
-            neg_outs = [neg(batch['lq']) for neg in negs]
-        l_pix = torch.nn.functional.l1_loss(out, batch['gt'])
-        l_neg = 0
-        for neg_out in neg_outs:
-            f_out, f_neg = spn.vgg(out), spn.vgg(neg_out.detach())
-            l_neg = l_neg + lam * sum(a * torch.nn.functional.l1_loss(f_out[k], f_neg[k].detach())
-                                      for k, a in alpha.items())
-        l_neg = l_neg / len(negs)
-        (l_pix - l_neg).backward()
-        optim.step()
-        src = dict(net.named_parameters())
-        for idx, k in enumerate(neg_iter[::-1]):
-            if it % k == 0:
-                with torch.no_grad():
-                    for name, p in negs[idx].named_parameters():
-                        p.mul_(neg_decay[idx]).add_(src[name], alpha=1 - neg_decay[idx])
-        losses.append((l_pix.item(), l_neg.item()))
+        losses.append(step(batch['lq'], batch['gt'], it))
         snapshots.append([[p.clone() for p in neg.parameters()] for neg in negs])
     return losses, snapshots
 
@@ -163,7 +140,7 @@ def test_resume_from_a_plain_state_warns_and_keeps_training(tmp_path, vgg16_file
 
 
 @pytest.mark.parametrize('change, error, match', [
-    (lambda o: o['mclir'].update(neg_iter=[1]), KeyError, "Unknown option 'neg_iter' in mclir. Valid keys"),
+    (lambda o: o['mclir'].update(neg_iter=[1]), KeyError, r"Unknown option 'neg_iter' in mclir\."),
     (lambda o: o['mclir']['hook'].update(neg_decya=0.1), KeyError, "Did you mean 'neg_decay'"),
     (lambda o: o['mclir']['hook'].update(neg_iter=[]), ValueError, 'mclir.hook: neg_iter is empty'),
     (lambda o: o['mclir'].update(base_model='SwinIRModle'), KeyError, "base_model 'SwinIRModle' is not"),
@@ -195,3 +172,67 @@ def test_missing_mclir_block_uses_defaults(tmp_path, vgg16_file):
     model = build_model(opt)
     assert type(model).__name__ == 'MCLIRSRModel'
     assert model.negative_hook.intervals == [100, 200, 500, 1000] and model.negative_hook.neg_start == 0.1
+
+
+@pytest.mark.parametrize('amp, dtype', [('bf16', torch.bfloat16), ('fp16', torch.float16)])
+def test_mixed_precision_step(tmp_path, vgg16_file, amp, dtype):
+    opt = make_opt(tmp_path, vgg16_file, neg_iter=[1, 2], neg_start=0.1)
+    opt['mclir']['amp'] = amp
+    model = build_model(opt)
+    seen = []  # EDSR adds its fp32 mean at the end, so look at a convolution's output
+    model.net_g.conv_first.register_forward_hook(lambda m, i, o: seen.append(('net', o.dtype)))
+    model.negative_hook.negatives[0].conv_first.register_forward_hook(lambda m, i, o: seen.append(('neg', o.dtype)))
+    before = [p.clone() for p in model.net_g.parameters()]
+    for it, batch in enumerate(batches(2), start=1):
+        model.feed_data(batch)
+        model.optimize_parameters(it)
+    log = model.get_current_log()
+    assert seen == [('net', dtype), ('neg', dtype)] * 2  # network and negatives under autocast
+    assert all(torch.isfinite(torch.tensor(v)) for v in log.values()) and log['l_neg'] > 0
+    assert all(p.dtype == torch.float32 for p in model.net_g.parameters())  # weights stay fp32
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.net_g.parameters()))
+    assert model.grad_scaler.is_enabled() == (amp == 'fp16')
+
+
+def test_negative_term_every_k_steps(tmp_path, vgg16_file):
+    opt = make_opt(tmp_path, vgg16_file, neg_iter=[100], neg_start=0.2, neg_weight=0.5)
+    opt['mclir']['neg_every'] = 3
+    model = build_model(opt)
+    calls = []
+    model.negative_hook.negatives[0].register_forward_hook(lambda *a: calls.append(1))
+    batch = batches(1)[0]
+    for it in (1, 2, 3):
+        model.feed_data(batch)
+        model.optimizer_g.zero_grad()
+        model.output = model.net_g(model.lq)
+        l_pix, l_neg = model.spn_terms(it)
+        if it < 3:
+            assert l_neg.item() == 0
+        else:
+            distance = model.cri_pix.negative_distance(model.output, model.negative_hook.forward_negatives(model.lq))
+            assert l_neg.item() == pytest.approx(3 * 0.5 * distance.item(), rel=1e-5)
+    assert len(calls) == 2  # only at iteration 3 (plus the check above)
+
+
+def test_negative_term_on_part_of_the_batch(tmp_path, vgg16_file):
+    opt = make_opt(tmp_path, vgg16_file, neg_iter=[100], neg_start=0.2)
+    opt['mclir']['neg_batch_fraction'] = 0.5
+    model = build_model(opt)
+    sizes = []
+    model.negative_hook.negatives[0].register_forward_hook(lambda m, i, o: sizes.append(i[0].shape[0]))
+    g = torch.Generator().manual_seed(0)
+    model.feed_data({'lq': torch.rand(4, 3, 12, 12, generator=g), 'gt': torch.rand(4, 3, 24, 24, generator=g)})
+    model.optimize_parameters(1)
+    assert sizes == [2] and model.get_current_log()['l_neg'] > 0
+
+
+@pytest.mark.parametrize('key, value, match', [
+    ('amp', 'fp8', 'mclir.amp must be one of'),
+    ('neg_every', 0, 'mclir.neg_every must be an integer >= 1'),
+    ('neg_batch_fraction', 0.0, r'mclir.neg_batch_fraction must be in \(0, 1\]'),
+])
+def test_cost_option_errors(tmp_path, vgg16_file, key, value, match):
+    opt = make_opt(tmp_path, vgg16_file)
+    opt['mclir'][key] = value
+    with pytest.raises(ValueError, match=match):
+        build_model(opt)

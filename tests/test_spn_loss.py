@@ -204,3 +204,21 @@ def test_layer_names_match_torchvision(vgg_type):
     for name, module in zip(names, features):
         kind = {'conv': torch.nn.Conv2d, 'relu': torch.nn.ReLU, 'pool': torch.nn.MaxPool2d}[name.rstrip('0123456789_')]
         assert isinstance(module, kind), (name, module)
+
+
+@pytest.mark.parametrize('num_neg', [1, 4])
+def test_same_loss_and_gradient_as_the_official_structure(vgg16_file, num_neg):
+    """VGG on the output once (plugin) vs once per negative (official): same value, same gradient."""
+    from mclir_plugin.reference import official_spn_terms
+    g = torch.Generator().manual_seed(1)
+    out = torch.rand(2, 3, 20, 20, generator=g)
+    gt = torch.rand(2, 3, 20, 20, generator=g)
+    negs = torch.rand(num_neg, 2, 3, 20, 20, generator=g)
+    loss = SPNLoss(neg_weight=0.3, vgg_weights=vgg16_file)
+    x1, x2 = out.clone().requires_grad_(True), out.clone().requires_grad_(True)
+    ours = loss.terms(x1, gt, negs)
+    theirs = official_spn_terms(x2, gt, list(negs), loss.vgg, loss.layer_weights, 0.3)
+    (ours[0] - ours[1]).backward()
+    (theirs[0] - theirs[1]).backward()
+    assert torch.allclose(ours[0], theirs[0]) and torch.allclose(ours[1], theirs[1], rtol=1e-5)
+    assert torch.allclose(x1.grad, x2.grad, rtol=1e-4, atol=1e-9)

@@ -28,12 +28,20 @@ Caveats up front:
   for every official setting (momentum 0.9 > 0.5), and hard-copies on its first update, which would erase the start
   blend. The update itself is two ``_foreach`` calls. The class is an mmengine ``Hook`` so that its registry builds
   it from the ``mclir.hook`` option block.
+* Under an mmengine ``Runner`` (``custom_hooks=[hook]``) the stage methods do the work: ``before_train`` builds the
+  negatives from ``runner.model`` (its ``module_key`` attribute, unwrapped), ``after_train_iter`` refreshes them at
+  iteration ``runner.iter + 1``, and checkpoints carry :meth:`HistoryNegativeHook.state_dict` under the key
+  ``'mclir'``. The model reaches the negatives through the same hook instance (see ``examples/mmengine_spn.py``).
+  mmengine 0.10.7 loads checkpoints with a bare ``torch.load``, which torch >= 2.6 runs with ``weights_only=True``
+  and which then fails on mmengine's own objects: resume inside :func:`trusted_mmengine_checkpoints`.
 """
 from __future__ import annotations
 
+import builtins
+import contextlib
 import copy
 import logging
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from mmengine.hooks import Hook
@@ -94,9 +102,14 @@ class HistoryNegativeHook(Hook):
         sync_check_interval: Debugging aid for multi-process runs: every this many iterations, compare checksums
             of the negatives across ranks (two small all-reduces) and raise if they differ. 0 turns it off; the
             negatives need no communication otherwise. Defaults to 0.
+        module_key: mmengine runners only (MCLIRModel ignores it): the attribute of ``runner.model`` that holds
+            the network the negatives copy, dotted for nested ones (``'net'``, ``'generator.backbone'``). ``None``
+            copies the whole (unwrapped) ``runner.model``, which is wrong when it also holds a loss with VGG or a
+            reference to this hook. Defaults to None.
     """
 
     priority = 'NORMAL'
+    checkpoint_key = 'mclir'  # where mmengine checkpoints hold state_dict(), as BasicSR training states do
 
     def __init__(self,
                  neg_iter: Sequence[int] | int = (100, 200, 500, 1000),
@@ -105,7 +118,8 @@ class HistoryNegativeHook(Hook):
                  pairing: str = 'natural',
                  update_buffers: bool = True,
                  seed: int | None = None,
-                 sync_check_interval: int = 0) -> None:
+                 sync_check_interval: int = 0,
+                 module_key: str | None = None) -> None:
         neg_iter = list(neg_iter) if isinstance(neg_iter, (list, tuple)) else [neg_iter]
         if not neg_iter:
             raise ValueError('neg_iter is empty: give one refresh interval (iterations) per negative model.')
@@ -124,6 +138,9 @@ class HistoryNegativeHook(Hook):
             raise ValueError(f'sync_check_interval must be an integer >= 0 (0 = off), got {sync_check_interval!r}.')
         if pairing not in PAIRINGS:
             raise ValueError(f'pairing must be one of {PAIRINGS}, got {pairing!r}.')
+        if module_key is not None and (not isinstance(module_key, str) or not module_key):
+            raise ValueError(f"module_key must be an attribute name of runner.model such as 'net' (or None), "
+                             f'got {module_key!r}.')
         num = len(neg_iter)
         self.neg_iter = neg_iter
         self.neg_decay = [float(d) for d in decays]
@@ -138,6 +155,8 @@ class HistoryNegativeHook(Hook):
         self.negatives = nn.ModuleList()
         self.refresh_count = [0] * num
         self.last_refresh_iter = [0] * num
+        self.module_key = module_key
+        self._pending_state: dict[str, Any] | None = None  # read from a checkpoint before the negatives exist
 
     @property
     def num_negatives(self) -> int:
@@ -242,11 +261,11 @@ class HistoryNegativeHook(Hook):
                                f'{int((low != high).sum())} tensors disagree): this is a bug, please report it.')
         logger.info(f'Negative models agree across {dist.get_world_size()} ranks at iteration {current_iter}.')
 
-    @torch.no_grad()
     def forward_negatives(self, x: torch.Tensor) -> torch.Tensor:
-        """Run every negative on ``x`` without gradients; returns (N, *output shape)."""
+        """Run every negative on ``x`` in inference mode; returns (N, *output shape), never part of a graph."""
         self._require_built()
-        return torch.stack([neg(x) for neg in self.negatives])
+        with torch.inference_mode():
+            return torch.stack([neg(x) for neg in self.negatives])
 
     def _require_built(self) -> None:
         if not self.built:
@@ -286,3 +305,91 @@ class HistoryNegativeHook(Hook):
             lines.append(f'  negative {i}: refreshed every {k} it with decay {d} '
                          f'(refreshes so far {self.refresh_count[i]}, last at it {self.last_refresh_iter[i]})')
         return '\n'.join(lines)
+
+    # ------------------------------------------------------------------ mmengine Runner stages
+    def source_module(self, runner: Any) -> nn.Module:
+        """The network the negatives copy: ``runner.model`` (unwrapped) or its ``module_key`` attribute."""
+        module = unwrap(runner.model)
+        for name in (self.module_key.split('.') if self.module_key else []):
+            if not isinstance(getattr(module, name, None), nn.Module):
+                raise AttributeError(f'HistoryNegativeHook: module_key {self.module_key!r}: {type(module).__name__} '
+                                     f'has no submodule {name!r}; name the attribute of runner.model that holds '
+                                     "the network (e.g. module_key='net').")
+            module = unwrap(getattr(module, name))
+        return module
+
+    def before_train(self, runner: Any) -> None:
+        """Build the negatives (unless built) from the network as loaded or resumed; restore a resumed state.
+
+        mmengine's ``Runner.train`` calls ``before_run``, initialises the weights, loads or resumes the
+        checkpoint (``after_load_checkpoint``), and only then ``before_train``: the network is final here.
+        """
+        if not self.built:
+            if self.seed is None:
+                self.seed = int(runner.seed)  # the run's seed, identical on every rank
+            self.build(self.source_module(runner))
+        if self._pending_state is not None:
+            state, self._pending_state = self._pending_state, None
+            self.load_state_dict(state)
+            runner.logger.info('MCLIR: negatives restored from the checkpoint.')
+        runner.logger.info('MCLIR: ' + self.describe())
+
+    def after_train_iter(self, runner: Any, batch_idx: int, data_batch: Any = None, outputs: Any = None) -> None:
+        """Refresh the negatives due at iteration ``runner.iter + 1`` (1-based; after the optimizer step).
+
+        mmengine's train loops call ``after_train_iter`` after ``train_step`` and before they increment
+        ``runner.iter``, so ``runner.iter`` is the 0-based index of the iteration just finished. With gradient
+        accumulation the schedule still counts iterations, not optimizer steps.
+        """
+        self.step(self.source_module(runner), runner.iter + 1)
+
+    def before_save_checkpoint(self, runner: Any, checkpoint: dict) -> None:
+        """Store :meth:`state_dict` (negatives and counters) under ``checkpoint['mclir']``."""
+        if self.built:
+            checkpoint[self.checkpoint_key] = self.state_dict()
+
+    def after_load_checkpoint(self, runner: Any, checkpoint: dict) -> None:
+        """On resume, restore the negatives from ``checkpoint['mclir']`` (now, or in ``before_train``).
+
+        ``load_from`` without ``resume`` (fine-tuning) keeps nothing: the negatives start from the loaded network,
+        as mmengine's ``EMAHook`` does for its average.
+        """
+        if not getattr(runner, '_resume', False):
+            return
+        state = checkpoint.get(self.checkpoint_key)
+        if state is None:
+            runner.logger.warning(f"MCLIR: the checkpoint has no '{self.checkpoint_key}' entry (negative models); "
+                                  'they start afresh from the resumed network.')
+        elif self.built:
+            self.load_state_dict(state)
+        else:  # mmengine resumes before before_train, where the negatives are built
+            self._pending_state = state
+
+
+def mmengine_checkpoint_globals() -> list:
+    """The non-tensor objects an mmengine 0.10.7 Runner checkpoint pickles (its message hub's ``HistoryBuffer``
+    with numpy arrays, scalars and dtypes, and the ``getattr`` that rebuilds its bound statistics methods).
+
+    Allow-listing them lets ``torch.load(weights_only=True)``, torch's default since 2.6, read those checkpoints.
+    """
+    import numpy as np
+    from mmengine.logging.history_buffer import HistoryBuffer
+    multiarray = (getattr(np, '_core', None) or np.core).multiarray
+    dtypes = [c for c in vars(np.dtypes).values() if isinstance(c, type) and issubclass(c, np.dtype)]
+    return [HistoryBuffer, multiarray.scalar, multiarray._reconstruct, np.ndarray, np.dtype, *dtypes, builtins.getattr]
+
+
+@contextlib.contextmanager
+def trusted_mmengine_checkpoints() -> Iterator[None]:
+    """Let mmengine 0.10.7 load or resume its checkpoints under torch >= 2.6 (wrap ``runner.train()``).
+
+    mmengine's ``load_from_local`` calls ``torch.load`` without ``weights_only``, so torch >= 2.6 loads weights-only
+    and rejects the message hub's objects (open-mmlab/mmengine#1655). This context keeps the weights-only
+    unpickler and allow-lists exactly :func:`mmengine_checkpoint_globals`; use it for checkpoints you trust.
+    A no-op on torch < 2.5 (no ``safe_globals``; loads there are not weights-only by default).
+    """
+    if not hasattr(torch.serialization, 'safe_globals'):
+        yield
+        return
+    with torch.serialization.safe_globals(mmengine_checkpoint_globals()):
+        yield

@@ -21,6 +21,7 @@ are refused with a clear error rather than silently trained without their extra 
 from __future__ import annotations
 
 import copy
+import math
 import os
 from collections import OrderedDict
 from typing import Any
@@ -39,8 +40,9 @@ from mclir_plugin.losses.spn_loss import SPNLoss
 from mclir_plugin.options import check_call_kwargs, check_keys
 from mclir_plugin.resume import PROGRESS, preserved_rng, schedule_resume
 
-MCLIR_KEYS = ('base_model', 'hook')
+MCLIR_KEYS = ('base_model', 'hook', 'amp', 'neg_every', 'neg_batch_fraction')
 STATE_KEY = 'mclir'
+AMP_DTYPES = {'none': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 
 
 class MCLIRMixin:
@@ -52,7 +54,10 @@ class MCLIRMixin:
         logger = get_root_logger()
         self.negative_hook = build_negative_hook(self.opt)  # option errors first, before anything is built
         check_spn_pixel_opt(self.opt)
+        self.amp_dtype, self.neg_every, self.neg_batch_fraction = read_cost_options(self.opt.get('mclir') or {})
         super().init_training_settings()
+        # fp16 needs loss scaling; bf16 has fp32's range and does not. Disabled, the scaler is a pass-through.
+        self.grad_scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype is torch.float16)
         if not isinstance(self.cri_pix, SPNLoss):
             raise TypeError(f'train.pixel_opt built {type(self.cri_pix).__name__}, not an SPNLoss.')
         vgg = self.cri_pix.vgg
@@ -66,30 +71,48 @@ class MCLIRMixin:
 
     def optimize_parameters(self, current_iter: int) -> None:
         self.optimizer_g.zero_grad()
-        self.output = self.net_g(self.lq)
-        negatives = self.negative_hook.forward_negatives(self.lq)
-
         loss_dict = OrderedDict()
-        l_pix, l_neg = self.cri_pix.terms(self.output, self.gt, negatives)
-        l_total = l_pix - l_neg
-        loss_dict['l_pix'] = l_pix
-        loss_dict['l_neg'] = l_neg
-        loss_dict['l_neg_ratio'] = (l_neg / l_pix).detach()
-        if self.cri_perceptual:
-            l_percep, l_style = self.cri_perceptual(self.output, self.gt)
-            if l_percep is not None:
-                l_total = l_total + l_percep
-                loss_dict['l_percep'] = l_percep
-            if l_style is not None:
-                l_total = l_total + l_style
-                loss_dict['l_style'] = l_style
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=bool(self.amp_dtype)):
+            self.output = self.net_g(self.lq)
+            l_pix, l_neg = self.spn_terms(current_iter)
+            l_total = l_pix - l_neg
+            loss_dict['l_pix'] = l_pix
+            loss_dict['l_neg'] = l_neg
+            loss_dict['l_neg_ratio'] = (l_neg / l_pix).detach()
+            if self.cri_perceptual:
+                l_percep, l_style = self.cri_perceptual(self.output, self.gt)
+                if l_percep is not None:
+                    l_total = l_total + l_percep
+                    loss_dict['l_percep'] = l_percep
+                if l_style is not None:
+                    l_total = l_total + l_style
+                    loss_dict['l_style'] = l_style
 
-        l_total.backward()
-        self.optimizer_g.step()
-        self.log_dict = self.reduce_loss_dict(loss_dict)
+        self.grad_scaler.scale(l_total).backward()
+        self.grad_scaler.step(self.optimizer_g)
+        self.grad_scaler.update()
+        self.log_dict = self.reduce_loss_dict({k: v.float() for k, v in loss_dict.items()})
         if self.ema_decay > 0:
             self.model_ema(decay=self.ema_decay)
         self.negative_hook.step(self.get_bare_model(self.net_g), current_iter)
+
+    def spn_terms(self, current_iter: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(l_pix, l_neg)`` of this step, with the cost options ``neg_every`` and ``neg_batch_fraction``.
+
+        With ``neg_every = k`` the negative term is computed on every k-th iteration only, weighted by k (the same
+        expectation); with ``neg_batch_fraction = f`` on a random subset of ``ceil(f * B)`` samples of the batch.
+        """
+        if current_iter % self.neg_every:
+            return self.cri_pix.reconstruction(self.output, self.gt), self.output.new_zeros(())
+        lq, output = self.lq, self.output
+        if self.neg_batch_fraction < 1:
+            keep = torch.randperm(lq.shape[0], device=lq.device)[:math.ceil(self.neg_batch_fraction * lq.shape[0])]
+            lq, output = lq[keep], output[keep]
+        negatives = self.negative_hook.forward_negatives(lq)
+        l_pix = self.cri_pix.reconstruction(self.output, self.gt)
+        if self.cri_pix.neg_weight == 0:
+            return l_pix, self.output.new_zeros(())
+        return l_pix, self.neg_every * self.cri_pix.neg_weight * self.cri_pix.negative_distance(output, negatives)
 
     # ------------------------------------------------------------------ checkpoints
     @master_only
@@ -127,12 +150,15 @@ class MCLIRMixin:
                  'optimizers': [o.state_dict() for o in self.optimizers],
                  'schedulers': [s.state_dict() for s in self.schedulers],
                  STATE_KEY: self.negative_hook.state_dict(),
+                 'grad_scaler': self.grad_scaler.state_dict(),
                  'progress': progress}
         atomic_torch_save(state, os.path.join(self.opt['path']['training_states'], f'{current_iter}.state'))
 
     def resume_training(self, resume_state: dict) -> None:
         super().resume_training(resume_state)
         logger = get_root_logger()
+        if resume_state.get('grad_scaler'):
+            self.grad_scaler.load_state_dict(resume_state['grad_scaler'])
         if STATE_KEY in resume_state:
             try:
                 self.negative_hook.load_state_dict(resume_state[STATE_KEY])
@@ -167,6 +193,22 @@ def _shared_seed(seed: int) -> int:
         torch.distributed.broadcast_object_list(box, src=0)
         return box[0]
     return int(seed)
+
+
+def read_cost_options(mclir_opt: dict[str, Any]) -> tuple[torch.dtype | None, int, float]:
+    """``(amp dtype, neg_every, neg_batch_fraction)`` from the mclir block, with errors naming the key."""
+    amp = mclir_opt.get('amp', 'none')
+    if amp is None or amp is False:
+        amp = 'none'
+    if amp not in AMP_DTYPES:
+        raise ValueError(f"mclir.amp must be one of {', '.join(AMP_DTYPES)}, got {amp!r}.")
+    neg_every = mclir_opt.get('neg_every', 1)
+    if isinstance(neg_every, bool) or not isinstance(neg_every, int) or neg_every < 1:
+        raise ValueError(f'mclir.neg_every must be an integer >= 1 (1 = every step), got {neg_every!r}.')
+    fraction = mclir_opt.get('neg_batch_fraction', 1.0)
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+        raise ValueError(f'mclir.neg_batch_fraction must be in (0, 1] (1 = the whole batch), got {fraction!r}.')
+    return AMP_DTYPES[amp], neg_every, float(fraction)
 
 
 def build_negative_hook(opt: dict[str, Any]) -> HistoryNegativeHook:

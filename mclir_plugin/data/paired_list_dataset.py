@@ -1,0 +1,263 @@
+"""``PairedListDataset``: paired images named by a list file, for many-to-one and differently named datasets.
+
+BasicSR's ``PairedImageDataset`` derives each LQ name from its GT name, which cannot express RESIDE's many hazy
+images per clear image, SOTS-outdoor's ``.jpg`` vs ``.png``, Rain100's ``rain-``/``norain-`` or SPA-Data's lists
+(``docs/archs_datasets.md`` §6.1). Here every pair is a line ``<lq path> <gt path>`` of a list file (format in
+:mod:`mclir_plugin.data.pair_layouts`; ``tools/make_pair_list.py`` writes one for each known layout).
+
+Example option blocks (``type: PairedListDataset``)::
+
+    train:                                   # RESIDE ITS, from disk
+      dataroot: datasets/RESIDE/ITS          # list paths are relative to it (or set dataroot_lq / dataroot_gt)
+      list_file: datasets/RESIDE/ITS/pairs.txt
+      io_backend: {type: disk}
+      gt_size: 128
+      use_hflip: true
+      use_rot: true
+    val:                                     # SOTS-indoor, from an lmdb made by tools/create_lmdb.py
+      dataroot: datasets/RESIDE/SOTS_indoor.lmdb
+      list_file: datasets/RESIDE/SOTS/indoor/pairs.txt
+      io_backend: {type: lmdb}
+      gt_crop: center                        # the GT has a 10-px border: centre-crop it to the hazy size
+
+With ``io_backend: {type: lmdb}`` each list path is read under the key :func:`~mclir_plugin.data.lmdb_writer.
+path_to_key` gives it (``hazy/1_1_0.90179.png -> hazy/1_1_0%2E90179``); one lmdb may hold both sides (a common
+``dataroot``) or each side its own. Without ``list_file``, the pairs are the keys the LQ and GT lmdbs share, as
+in BasicSR (lmdbs of plain paired folders).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, NamedTuple
+
+import numpy as np
+from torch.utils import data
+
+from basicsr.data.transforms import augment, paired_random_crop
+from basicsr.utils import FileClient, imfrombytes, img2tensor
+from basicsr.utils.file_client import LmdbBackend
+from basicsr.utils.registry import DATASET_REGISTRY
+from mclir_plugin.data.lmdb_writer import LmdbMismatchError, check_lmdb, key_to_path, path_to_key, shared_env
+from mclir_plugin.data.pair_layouts import PairLine, read_pair_list
+
+GT_CROPS = ('center', 'topleft', 'none')
+BACKENDS = ('disk', 'lmdb')
+
+
+class _Pair(NamedTuple):
+    line: int  # line of the list file; 0 without one
+    lq: str  # path relative to the LQ root
+    gt: str
+    lq_key: str  # lmdb keys ('' on disk)
+    gt_key: str
+
+
+class SharedLmdbBackend(LmdbBackend):
+    """BasicSR's ``LmdbBackend`` reading through this process's shared handles (:func:`shared_env`).
+
+    BasicSR's backend opens its own handles, so a second dataset on the same lmdb in one process (a validation
+    set cut from the training lmdb, a test) fails with lmdb's "already open in this process"; and handles held
+    at a fork block the DataLoader workers. The shared handles avoid both and pickle as plain paths.
+    """
+
+    def __init__(self, db_paths: list[str], client_keys: list[str], **kwargs: Any) -> None:
+        self.db_paths = [str(path) for path in db_paths]
+        self._paths = dict(zip(client_keys, self.db_paths))
+        self._kwargs = kwargs
+
+    def get(self, filepath: str, client_key: str) -> 'bytes | None':
+        with shared_env(self._paths[client_key], **self._kwargs).begin(write=False) as txn:
+            return txn.get(str(filepath).encode('ascii'))
+
+
+class ListFileClient(FileClient):
+    """BasicSR's ``FileClient`` with :class:`SharedLmdbBackend` as its ``lmdb`` backend (disk unchanged)."""
+
+    _backends = dict(FileClient._backends, lmdb=SharedLmdbBackend)
+
+
+def crop_gt_to(img_gt: np.ndarray, height: int, width: int, mode: str, where: str) -> np.ndarray:
+    """Crop a GT image that is larger than the LQ image (times the scale) to ``height x width``.
+
+    Args:
+        img_gt (np.ndarray): HWC GT image.
+        height (int): Target height (LQ height times scale).
+        width (int): Target width.
+        mode (str): ``'center'`` (FFA-Net's ``CenterCrop`` of SOTS-indoor's GT, offsets rounded as torchvision
+            does), ``'topleft'`` (BasicSR's SR benchmarks), or ``'none'`` (sizes must already agree).
+        where (str): The pair, for error messages.
+
+    Raises:
+        ValueError: The GT is smaller than the target, or differs with ``mode='none'``.
+    """
+    h, w = img_gt.shape[:2]
+    if (h, w) == (height, width):
+        return img_gt
+    if h < height or w < width:
+        raise ValueError(f'{where}: GT is {h}x{w}, smaller than LQ x scale ({height}x{width}); check the pairing '
+                         'or `scale`')
+    if mode == 'none':
+        raise ValueError(f'{where}: GT is {h}x{w} but LQ x scale is {height}x{width}; set gt_crop: center (or '
+                         'topleft) to crop the GT')
+    top, left = (0, 0) if mode == 'topleft' else (int(round((h - height) / 2)), int(round((w - width) / 2)))
+    return img_gt[top:top + height, left:left + width, ...]
+
+
+@DATASET_REGISTRY.register()
+class PairedListDataset(data.Dataset):
+    """Paired LQ/GT images listed in a file, read from disk or lmdb through BasicSR's ``FileClient``.
+
+    Training: a paired random crop of ``gt_size`` (``paired_random_crop``), then flips/rotations (``augment``),
+    exactly as ``PairedImageDataset``. Validation: whole images. In both, a GT larger than ``scale`` times the LQ
+    (SOTS-indoor: 640x480 GT, 620x460 hazy) is first cropped as ``gt_crop`` says.
+
+    Args:
+        opt (dict): The dataset option block:
+
+            * list_file (str | None): The pair list. Required on disk; with lmdb, None pairs equal keys.
+              Defaults to None.
+            * dataroot (str | None): Root of both columns' paths (a folder, or an lmdb holding both sides).
+              Defaults to None.
+            * dataroot_lq (str | None): Root of the LQ paths. Defaults to ``dataroot``.
+            * dataroot_gt (str | None): Root of the GT paths. Defaults to ``dataroot``.
+            * io_backend (dict): ``{type: disk}`` or ``{type: lmdb}`` (other keys go to ``lmdb.open``).
+              Defaults to ``{type: disk}``.
+            * phase (str): ``'train'`` crops and augments, anything else returns whole images (BasicSR sets it).
+            * scale (int): GT size / LQ size (BasicSR copies the top-level ``scale`` in). Defaults to 1.
+            * gt_size (int): Train: side of the GT patch. Required for training.
+            * use_hflip (bool): Train: random horizontal flips. Defaults to True.
+            * use_rot (bool): Train: random vertical flips and transpositions. Defaults to True.
+            * gt_crop (str): ``center`` | ``topleft`` | ``none``, how a larger GT is cropped. Defaults to
+              ``center`` (FFA-Net's RESIDE protocol; BasicSR's SR benchmarks use ``topleft``).
+            * check_files (bool): On disk, check at start that every listed file exists. Defaults to True.
+
+    Each item is ``{'lq', 'gt'}`` (RGB CHW float32 in [0, 1]) and ``{'lq_path', 'gt_path'}`` (the list path
+    joined to its root; for lmdb the root is the lmdb folder).
+    """
+
+    def __init__(self, opt: dict) -> None:
+        super().__init__()
+        self.opt = opt
+        self.scale = int(opt.get('scale') or 1)
+        self.gt_crop = opt.get('gt_crop', 'center')
+        if self.gt_crop not in GT_CROPS:
+            raise ValueError(f"{self._name()}: gt_crop must be one of {GT_CROPS}, got {self.gt_crop!r}")
+        self.train = opt.get('phase') == 'train'
+        if self.train and not opt.get('gt_size'):
+            raise KeyError(f'{self._name()}: training needs gt_size (the GT patch side), e.g. gt_size: 128')
+        backend = dict(opt.get('io_backend') or {'type': 'disk'})
+        self.backend = backend.pop('type', 'disk')
+        if self.backend not in BACKENDS:
+            raise ValueError(f'{self._name()}: io_backend type must be one of {BACKENDS}, got {self.backend!r}')
+        self.lq_root, self.gt_root = self._roots(opt)
+        list_file = opt.get('list_file')
+        self.list_file = os.path.expanduser(list_file) if list_file else None
+        lines = read_pair_list(self.list_file) if self.list_file else None
+        if self.backend == 'disk':
+            if lines is None:
+                raise KeyError(f'{self._name()}: list_file is required with io_backend disk (write one with '
+                               'tools/make_pair_list.py)')
+            self.pairs = [_Pair(p.line, p.lq, p.gt, '', '') for p in lines]
+            if opt.get('check_files', True):
+                self._check_files()
+            self.client_kwargs: dict[str, Any] = {}
+        else:
+            self.pairs, self.meta = self._lmdb_pairs(lines)
+            shared = os.path.realpath(self.lq_root) == os.path.realpath(self.gt_root)
+            self.clients = {'lq': 'default', 'gt': 'default'} if shared else {'lq': 'lq', 'gt': 'gt'}
+            self.client_kwargs = dict(backend, db_paths=[self.lq_root] if shared else [self.lq_root, self.gt_root],
+                                      client_keys=['default'] if shared else ['lq', 'gt'])
+        self.file_client = None  # made on first read, in the process that reads
+
+    def _name(self) -> str:
+        return f"dataset {self.opt.get('name')!r} (PairedListDataset)"
+
+    def _roots(self, opt: dict) -> tuple[str, str]:
+        roots = []
+        for key in ('dataroot_lq', 'dataroot_gt'):
+            root = opt.get(key) or opt.get('dataroot')
+            if not root:
+                raise KeyError(f'{self._name()}: set dataroot (the root of both list columns) or {key}')
+            root = os.path.expanduser(root)
+            if not os.path.exists(root):
+                raise FileNotFoundError(f'{self._name()}: {key if opt.get(key) else "dataroot"} {root!r} does not '
+                                        'exist; fix the option file')
+            roots.append(root)
+        return roots[0], roots[1]
+
+    def _check_files(self) -> None:
+        """Name the first listed file that does not exist, with its line."""
+        seen = set()
+        for pair in self.pairs:
+            for side, root, rel in (('lq', self.lq_root, pair.lq), ('gt', self.gt_root, pair.gt)):
+                path = os.path.join(root, rel)
+                if path not in seen:
+                    if not os.path.isfile(path):
+                        raise FileNotFoundError(f'{self.list_file}, line {pair.line}: {side} file {path!r} does not '
+                                                f'exist (dataroot_{side} {root!r}); fix the list or the dataroot')
+                    seen.add(path)
+
+    def _lmdb_pairs(self, lines: list[PairLine] | None) -> tuple[list[_Pair], dict[str, dict]]:
+        """The pairs and both sides' meta information, checked against the lmdbs."""
+        meta = {'lq': check_lmdb(self.lq_root)}
+        same = os.path.realpath(self.gt_root) == os.path.realpath(self.lq_root)
+        meta['gt'] = meta['lq'] if same else check_lmdb(self.gt_root)
+        if lines is None:  # BasicSR's rule: equal keys in both lmdbs
+            lq_keys, gt_keys = list(meta['lq']), set(meta['gt'])
+            if set(lq_keys) != gt_keys:
+                raise LmdbMismatchError(f'{self._name()}: without list_file the LQ and GT lmdbs must hold the same '
+                                        f'keys; {len(set(lq_keys) ^ gt_keys)} differ. Give a list_file.')
+            return [_Pair(0, key_to_path(k) + '.png', key_to_path(k) + '.png', k, k) for k in lq_keys], meta
+        pairs = [_Pair(p.line, p.lq, p.gt, path_to_key(p.lq), path_to_key(p.gt)) for p in lines]
+        for pair in pairs:
+            for side in ('lq', 'gt'):
+                key = getattr(pair, f'{side}_key')
+                if key not in meta[side]:
+                    raise LmdbMismatchError(
+                        f'{self.list_file}, line {pair.line}: {side} {getattr(pair, side)!r} (lmdb key {key!r}) is '
+                        f'not in {getattr(self, f"{side}_root")!r}; build the lmdb from this list with '
+                        'tools/create_lmdb.py (it resumes and adds the missing keys)')
+        return pairs, meta
+
+    def _read(self, pair: _Pair, side: str) -> np.ndarray:
+        """Read one side of a pair as float32 BGR HWC in [0, 1], with errors naming the file and the line."""
+        rel, root = getattr(pair, side), getattr(self, f'{side}_root')
+        where = f'{side} {os.path.join(root, rel)!r}' + (f' ({self.list_file}, line {pair.line})' if pair.line else '')
+        if self.backend == 'lmdb':
+            key = getattr(pair, f'{side}_key')
+            buf = self.file_client.get(key, self.clients[side])
+            if buf is None:
+                raise LmdbMismatchError(f'{where}: key {key!r} is listed in meta_info.txt but not stored; rebuild '
+                                        'the lmdb with tools/create_lmdb.py')
+        else:
+            try:
+                buf = self.file_client.get(os.path.join(root, rel))
+            except OSError as err:
+                raise FileNotFoundError(f'{where}: cannot read ({err})') from err
+        img = imfrombytes(buf)  # uint8 first: BasicSR's float32 path fails on undecodable bytes with no name
+        if img is None:
+            raise ValueError(f'{where}: cannot decode {len(buf)} bytes: corrupt or not an image; replace the file'
+                             + (' and rebuild its lmdb entry' if self.backend == 'lmdb' else ''))
+        img = img.astype(np.float32) / 255.
+        if self.backend == 'lmdb' and self.meta[side][key][:2] != img.shape[:2]:
+            raise LmdbMismatchError(f'{where}: image is {img.shape[0]}x{img.shape[1]} but meta_info.txt of '
+                                    f'{root!r} says {self.meta[side][key][0]}x{self.meta[side][key][1]}; rebuild '
+                                    'the lmdb with tools/create_lmdb.py')
+        return img
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if self.file_client is None:
+            self.file_client = ListFileClient(self.backend, **self.client_kwargs)
+        pair = self.pairs[index]
+        img_gt, img_lq = self._read(pair, 'gt'), self._read(pair, 'lq')
+        where = f'pair {pair.lq!r} / {pair.gt!r}' + (f' (line {pair.line})' if pair.line else '')
+        img_gt = crop_gt_to(img_gt, img_lq.shape[0] * self.scale, img_lq.shape[1] * self.scale, self.gt_crop, where)
+        if self.train:
+            img_gt, img_lq = paired_random_crop(img_gt, img_lq, self.opt['gt_size'], self.scale, pair.gt)
+            img_gt, img_lq = augment([img_gt, img_lq], self.opt.get('use_hflip', True), self.opt.get('use_rot', True))
+        img_gt, img_lq = img2tensor([img_gt, img_lq], bgr2rgb=True, float32=True)
+        return {'lq': img_lq, 'gt': img_gt, 'lq_path': os.path.join(self.lq_root, pair.lq),
+                'gt_path': os.path.join(self.gt_root, pair.gt)}
+
+    def __len__(self) -> int:
+        return len(self.pairs)

@@ -1,0 +1,219 @@
+#!/usr/bin/env python
+"""Cost of one SPN training step, measured side by side with the plain step and the official step.
+
+    python tools/benchmark_spn.py --arch swinir_light --patch 96 --batch 2 --negatives 1 4
+    python tools/benchmark_spn.py -opt options/swinir_spn.yml --negatives 4 --amp bf16 --device cuda
+
+For each N it times, interleaved (one step of each variant per round) after warm-up, and prints medians:
+
+  (a) plain    the base BasicSR model's own step with L1 (``SRModel.optimize_parameters``);
+  (b) official a re-implementation of the official step (``mclir_plugin.reference``): VGG on the output once per
+               negative, each negative through VGG on its own;
+  (c) plugin   ``MCLIRModel.optimize_parameters`` with the same options (and ``--amp``/``--channels-last``);
+  (d) parts    what an SPN step cannot avoid: the N negative forwards alone, VGG forward+backward on the output,
+               VGG on the N negatives without gradients;
+
+then the ratios (c)/(a), (b)/(c) and (c)/((a)+(d)), and peak memory per variant (CUDA: max allocated; CPU: peak
+resident memory of a separate process per variant, with ``--memory``). VGG has random weights unless torchvision's
+ImageNet file is cached (the cost is the same). Timings on shared machines move by 10-20% between runs: compare
+ratios from one run only.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import mclir_plugin  # noqa: F401  (compat shim and registration, before basicsr)
+import torch
+import yaml
+from basicsr.archs import build_network
+from basicsr.models import build_model
+
+from mclir_plugin.reference import OfficialStep
+
+ARCHS = {
+    'swinir_light': dict(type='SwinIR', upscale=4, in_chans=3, img_size=64, window_size=8, img_range=1.,
+                         depths=[6, 6, 6, 6], embed_dim=60, num_heads=[6, 6, 6, 6], mlp_ratio=2,
+                         upsampler='pixelshuffledirect', resi_connection='1conv'),
+    'edsr_light': dict(type='EDSR', num_in_ch=3, num_out_ch=3, num_feat=64, num_block=16, upscale=4, res_scale=1,
+                       img_range=255., rgb_mean=[0.4488, 0.4371, 0.4040]),
+}
+BASE_MODELS = {'SwinIR': 'SwinIRModel'}
+VARIANTS = ('plain', 'official', 'plugin', 'neg_forwards', 'vgg_out_fwd_bwd', 'vgg_negatives')
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument('--arch', choices=sorted(ARCHS), default='swinir_light', help='a built-in network preset')
+    source.add_argument('-opt', help="an option file: its network_g, scale, mclir.base_model and pixel_opt are used")
+    parser.add_argument('--patch', type=int, default=96, help='GT (output) patch side. Default: 96')
+    parser.add_argument('--batch', type=int, default=2, help='batch size. Default: 2')
+    parser.add_argument('--negatives', type=int, nargs='+', default=[1, 4], help='values of N. Default: 1 4')
+    parser.add_argument('--steps', type=int, default=15, help='timed rounds. Default: 15')
+    parser.add_argument('--warmup', type=int, default=3, help='untimed rounds first. Default: 3')
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch\'s)')
+    parser.add_argument('--amp', choices=['none', 'bf16', 'fp16'], default='none', help='the plugin step\'s amp')
+    parser.add_argument('--channels-last', action='store_true', help='the plugin step\'s channels_last option')
+    parser.add_argument('--memory', action='store_true', help='CPU: also measure peak memory (one process each)')
+    parser.add_argument('--only', choices=VARIANTS, help=argparse.SUPPRESS)  # memory probe of one variant
+    return parser.parse_args(argv)
+
+
+def network_and_scale(args) -> tuple[dict, int, str, dict]:
+    """``(network_g, scale, base model type, pixel_opt)`` from the preset or the option file."""
+    pixel = {'type': 'SPNLoss', 'neg_weight': 0.001, 'vgg_fallback': 'random'}
+    if args.opt:
+        with open(args.opt) as f:
+            opt = yaml.safe_load(f)
+        pixel.update({k: v for k, v in opt['train']['pixel_opt'].items() if k in ('layer_weights', 'vgg_type')})
+        base = (opt.get('mclir') or {}).get('base_model') or opt['model_type']
+        return opt['network_g'], int(opt.get('scale', 1)), base, pixel
+    net = ARCHS[args.arch]
+    return net, int(net.get('upscale', 1)), BASE_MODELS.get(net['type'], 'SRModel'), pixel
+
+
+def model_opt(network_g: dict, scale: int, base: str, pixel: dict, num_neg: int, device: str, spn: bool,
+              amp: str, channels_last: bool, root: str) -> dict:
+    paths = {k: os.path.join(root, k) for k in ('models', 'training_states', 'log', 'visualization')}
+    opt = {'name': 'bench', 'model_type': 'MCLIRModel' if spn else base, 'scale': scale,
+           'num_gpu': 1 if device == 'cuda' else 0, 'manual_seed': 0, 'is_train': True, 'dist': False, 'rank': 0,
+           'world_size': 1, 'root_path': root, 'network_g': copy.deepcopy(network_g),
+           'path': {'pretrain_network_g': None, 'strict_load_g': True, 'resume_state': None,
+                    'experiments_root': root, **paths},
+           'train': {'ema_decay': 0, 'optim_g': {'type': 'Adam', 'lr': 2e-4, 'betas': [0.9, 0.99]},
+                     'scheduler': {'type': 'MultiStepLR', 'milestones': [10 ** 9], 'gamma': 0.5},
+                     'pixel_opt': dict(pixel, channels_last=channels_last) if spn else
+                     {'type': 'L1Loss', 'loss_weight': 1.0}}}
+    if spn:
+        opt['mclir'] = {'base_model': base, 'amp': amp,
+                        'hook': {'neg_iter': [100, 200, 500, 1000][:num_neg] + [1000] * max(0, num_neg - 4),
+                                 'neg_decay': 0.1, 'neg_start': 0.1}}
+    return opt
+
+
+class Bench:
+    """The variants for one N, as callables of one step each."""
+
+    def __init__(self, args, num_neg: int, root: str) -> None:
+        network_g, scale, base, pixel = network_and_scale(args)
+        self.device = torch.device(args.device)
+        torch.manual_seed(0)
+        g = torch.Generator().manual_seed(0)
+        lq_side = args.patch // scale
+        self.lq = torch.rand(args.batch, 3, lq_side, lq_side, generator=g).to(self.device)
+        self.gt = torch.rand(args.batch, 3, lq_side * scale, lq_side * scale, generator=g).to(self.device)
+        self.plain = build_model(model_opt(network_g, scale, base, pixel, num_neg, args.device, False, 'none', False,
+                                           root))
+        self.plugin = build_model(model_opt(network_g, scale, base, pixel, num_neg, args.device, True, args.amp,
+                                            args.channels_last, root))
+        # the official step trains its own copy of the plugin's network, with its own frozen copies as negatives
+        spn = self.plugin.cri_pix
+        net = copy.deepcopy(self.plugin.get_bare_model(self.plugin.net_g)).train()
+        negs = [copy.deepcopy(n) for n in self.plugin.negative_hook.negatives]
+        self.official = OfficialStep(net, negs, torch.optim.Adam(net.parameters(), lr=2e-4, betas=(0.9, 0.99)),
+                                     copy.deepcopy(spn.vgg), spn.layer_weights, spn.neg_weight,
+                                     self.plugin.negative_hook.neg_iter, self.plugin.negative_hook.neg_decay)
+        self.it = 0
+
+    def step(self, variant: str) -> None:
+        self.it += 1
+        data = {'lq': self.lq, 'gt': self.gt}
+        if variant == 'plain':
+            self.plain.feed_data(data)
+            self.plain.optimize_parameters(self.it)
+        elif variant == 'plugin':
+            self.plugin.feed_data(data)
+            self.plugin.optimize_parameters(self.it)
+        elif variant == 'official':
+            self.official(self.lq, self.gt, self.it)
+        elif variant == 'neg_forwards':
+            self.plugin.negative_hook.forward_negatives(self.lq)
+        elif variant == 'vgg_out_fwd_bwd':
+            out = self.gt.clone().requires_grad_(True)
+            feats = self.plugin.cri_pix.vgg(out)
+            sum(f.mean() for f in feats.values()).backward()
+        elif variant == 'vgg_negatives':
+            negs = self.gt.unsqueeze(0).expand(len(self.plugin.negative_hook.negatives), *self.gt.shape)
+            with torch.no_grad():
+                self.plugin.cri_pix.vgg(negs.flatten(0, 1))
+        if self.device.type == 'cuda':
+            torch.cuda.synchronize()
+
+
+def timed(bench: Bench, variant: str) -> float:
+    start = time.perf_counter()
+    bench.step(variant)
+    return time.perf_counter() - start
+
+
+def cpu_peak_memory(args, num_neg: int, variant: str) -> float:
+    """Peak resident memory (MiB) added by a few steps of one variant, in a fresh process."""
+    argv = [sys.executable, os.path.abspath(__file__), '--only', variant, '--negatives', str(num_neg),
+            '--patch', str(args.patch), '--batch', str(args.batch), '--device', 'cpu', '--amp', args.amp]
+    argv += ['-opt', args.opt] if args.opt else ['--arch', args.arch]
+    argv += ['--channels-last'] if args.channels_last else []
+    argv += ['--threads', str(args.threads)] if args.threads else []
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    return float(out.strip().splitlines()[-1])
+
+
+def probe_memory(args) -> None:
+    """--only: build, note RSS, run 3 steps of one variant, print the peak RSS increase in MiB."""
+    import resource
+    with tempfile.TemporaryDirectory() as root:
+        bench = Bench(args, args.negatives[0], root)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        for _ in range(3):
+            bench.step(args.only)
+        print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.only:
+        return probe_memory(args)
+    network_g, scale, base, _ = network_and_scale(args)
+    print(f'# SPN step benchmark: {network_g["type"]} ({base}), x{scale}, output patch {args.patch}, batch '
+          f'{args.batch}, device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads, '
+          f'plugin amp={args.amp} channels_last={args.channels_last}, {args.steps} rounds after {args.warmup}')
+    for num_neg in args.negatives:
+        with tempfile.TemporaryDirectory() as root:
+            bench = Bench(args, num_neg, root)
+            times = {v: [] for v in VARIANTS}
+            for round_ in range(args.warmup + args.steps):
+                for variant in VARIANTS:
+                    t = timed(bench, variant)
+                    if round_ >= args.warmup:
+                        times[variant].append(t)
+        med = {v: statistics.median(ts) * 1e3 for v, ts in times.items()}
+        parts = med['neg_forwards'] + med['vgg_out_fwd_bwd'] + med['vgg_negatives']
+        memory = {}
+        if args.device == 'cuda':
+            for variant in ('plain', 'official', 'plugin'):
+                torch.cuda.reset_peak_memory_stats()
+                bench.step(variant)
+                memory[variant] = torch.cuda.max_memory_allocated() / 2 ** 20
+        elif args.memory:
+            memory = {v: cpu_peak_memory(args, num_neg, v) for v in ('plain', 'official', 'plugin')}
+        print(f'\nN = {num_neg}: median ms per step (IQR-free medians of {args.steps})')
+        for variant in VARIANTS:
+            mem = f'   peak +{memory[variant]:.0f} MiB' if variant in memory else ''
+            print(f'  {variant:16s} {med[variant]:9.1f}{mem}')
+        print(f'  (c)/(a)      plugin / plain            {med["plugin"] / med["plain"]:.2f}x')
+        print(f'  (b)/(c)      official / plugin         {med["official"] / med["plugin"]:.2f}x')
+        print(f'  (c)/((a)+(d)) plugin / unavoidable      {med["plugin"] / (med["plain"] + parts):.2f}x')
+
+
+if __name__ == '__main__':
+    main()
