@@ -18,15 +18,20 @@ The table is also printed. Options: ``--labels`` (names of the runs in the outpu
 
 Sources. ``log`` reads BasicSR's text logs ``<run>/train_<name>_<YYYYmmdd_HHMMSS>.log``: training lines
 ``[epoch: e, iter: i, lr:(...)] [eta: ...] l_pix: v l_neg: v ...`` and validation blocks ``Validation <dataset>``
-followed by ``# <metric>: <value>  Best: ...`` lines. A validation line carries no iteration; it is the first
-multiple of ``val_freq`` (read from the option dump at the top of the log) at or after the last logged training
-iteration, and the validation BasicSR runs after training counts at the run's last iteration (``total_iter``), not
-at the larger step BasicSR gives it. A run resumed several times has several log files: they are merged in time
-order, each file replacing what earlier files logged after the iteration it resumed from. ``tb`` reads the
-TensorBoard events ``tb_logger/<name>`` (tags ``losses/<key>`` and ``metrics/<dataset>/<metric>``) at the steps
-written there (TensorBoard itself drops steps a resumed run logged again). ``auto`` (the default) prefers the text
-logs, which every run has and which record resumes explicitly, and falls back to the events when the folder holds
-no log (or is itself a TensorBoard folder).
+followed by ``# <metric>: <value>  Best: <value> @ <iter> iter`` lines. A validation block carries no iteration of
+its own: where its value is the best so far, the ``@ <iter>`` is that iteration; otherwise it is the first multiple
+of ``val_freq`` (read from the option dump at the top of the log) after the previous validation and not before the
+last logged training iteration. The validation BasicSR runs after training counts at the last trained iteration
+(``total_iter``), not at the larger step BasicSR gives it (``total_iter + 1`` or more), so that "last" is the final
+network. A run resumed several times has several log files: they are merged in time order, each file replacing
+what earlier files logged after the iteration it resumed from.
+
+``tb`` reads the TensorBoard events ``tb_logger/<name>`` (tags ``losses/<key>`` and ``metrics/<dataset>/<metric>``)
+at the steps written there: the validation after training is at BasicSR's step (``total_iter + 1`` or more), and of
+a resumed run TensorBoard drops a tag's steps from the first step the resumed run wrote again, but keeps those the
+first run logged between the resume point and that step (the events do not record where a run resumed; the text
+logs do). ``auto`` (the default) therefore prefers the text logs, which every run has, and falls back to the events
+when the folder holds no log (or is itself a TensorBoard folder).
 
 "Best" is the highest value, or the lowest for metrics where lower is better (names in :data:`LOWER_IS_BETTER`);
 on ties the earliest iteration.
@@ -58,10 +63,10 @@ Series = dict[int, float]
 _RECORD = re.compile(r'^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2},\d{3} [A-Z]+: (.*)$')
 _TRAIN = re.compile(r'\[epoch:\s*-?\d+, iter:\s*([\d,]+), lr:\(([^)]*)\)\]')
 _VALIDATION = re.compile(r'^Validation (.+?)\s*$')
-_METRIC = re.compile(r'^\s*# (\S+): (\S+)')
+_METRIC = re.compile(r'^\s*# (\S+): (\S+)(?:\s+Best: (\S+) @ (-?\d+) iter)?')
 _START = re.compile(r'(?:Start|Resuming) training from epoch: \d+, iter: (\d+)')
 _TOTAL = re.compile(r'Total epochs: \d+; iters: (\d+)\.')
-_VAL_FREQ = re.compile(r'^\s+val_freq: (\S+)\s*$')
+_OPTION = re.compile(r'^\s+(val_freq|print_freq): (\S+)\s*$')
 _LOG_TIME = re.compile(r'_(\d{8}_\d{6})\.log$')
 
 
@@ -112,48 +117,81 @@ def find_log_files(run_dir: str) -> list[str]:
     return sorted(paths, key=started)
 
 
-def _next_validation_iter(last: int, previous: int, val_freq: int | None) -> int:
-    """The iteration of a validation logged after training iteration ``last`` and validation ``previous``."""
-    if not val_freq:
-        return max(last, previous + 1)
-    return math.ceil(max(last, previous + 1) / val_freq) * val_freq
+class _LogReader:
+    """The line-by-line state of :func:`parse_log_file`."""
+
+    def __init__(self, path: str) -> None:
+        self.part = LogPart(path)
+        self.options: dict[str, int] = {}      # val_freq and print_freq, from the option dump
+        self.last = 0                          # the last training iteration logged
+        self.ended = False                     # after 'End of training.': the final validation
+        self.previous: dict[str, int] = {}     # the iteration of each dataset's last validation
+        self.block: tuple[str, list[tuple[str, ...]]] | None = None  # an open validation block
+
+    def feed(self, line: str) -> None:
+        total = _TOTAL.search(line)
+        if total:
+            self.part.total = int(total.group(1))
+        record = _RECORD.match(line)
+        if record is None:  # a continuation line: the option dump, or the metrics of a validation block
+            option, metric = _OPTION.match(line), _METRIC.match(line)
+            if option and self.part.start is None:
+                self.options[option.group(1)] = int(float(option.group(2)))
+            if metric and self.block:
+                self.block[1].append(metric.groups())
+            return
+        self.close_block()
+        message = record.group(1)
+        start, train, validation = _START.search(message), _TRAIN.search(message), _VALIDATION.match(message)
+        if start:
+            self.part.start = self.last = int(start.group(1))
+        elif train:
+            self.last = int(train.group(1).replace(',', ''))
+            _record_train_line(self.part, self.last, train.group(2), message[message.rindex(']') + 1:])
+        elif validation and self.part.start is not None:
+            self.block = (validation.group(1), [])
+        elif message.startswith('End of training.'):
+            self.ended = True
+
+    def close_block(self) -> None:
+        """Store the metrics of the open validation block at its iteration."""
+        if self.block is None:
+            return
+        (dataset, lines), self.block = self.block, None
+        iteration = self.previous[dataset] = self._block_iteration(dataset, lines)
+        for metric, value, _, _ in lines:
+            self.part.val.setdefault(dataset, {}).setdefault(metric, {})[iteration] = float(value)
+
+    def _block_iteration(self, dataset: str, lines: list[tuple[str, ...]]) -> int:
+        """The iteration of a validation block; see the module docstring.
+
+        BasicSR prints ``Best: <value> @ <iter>``: where the best is this very value, ``<iter>`` is the iteration
+        BasicSR validated at, exact if not below the last logged one. Otherwise an in-loop validation is at the next
+        multiple of ``val_freq``, and the final one at ``total_iter`` if the logged iterations reached it (a loader
+        that runs dry first, on tiny data, stops earlier: then the last logged iteration).
+        """
+        previous = self.previous.get(dataset, self.part.start or 0)
+        lower = max(self.last, previous if self.ended else previous + 1)
+        stated = [int(at) for _, value, best, at in lines if best == value and at is not None and int(at) >= lower]
+        total, val_freq, print_freq = self.part.total, self.options.get('val_freq'), self.options.get('print_freq')
+        if self.ended:
+            if stated:
+                return min(stated[0], total) if total else stated[0]
+            reached = total is not None and (not print_freq or self.last >= total - total % print_freq)
+            return total if reached else lower
+        if stated:
+            return stated[0]
+        return math.ceil(lower / val_freq) * val_freq if val_freq else lower
 
 
 def parse_log_file(path: str) -> LogPart:
     """Parse one BasicSR training log (see the module docstring for the lines read)."""
-    part = LogPart(path)
-    val_freq, last, ended, dataset = None, 0, False, None
-    previous: dict[str, int] = {}
+    reader = _LogReader(path)
     with open(path, encoding='utf-8', errors='replace') as file:
         for line in file:
-            total, freq = _TOTAL.search(line), _VAL_FREQ.match(line)
-            if total:
-                part.total = int(total.group(1))
-            if freq and part.start is None:
-                val_freq = int(float(freq.group(1)))
-            record = _RECORD.match(line)
-            if record is None:  # a continuation line: the metrics of an open validation block
-                metric = _METRIC.match(line) if dataset else None
-                if metric:
-                    iteration = part.total if ended and part.total else previous[dataset]
-                    part.val.setdefault(dataset, {}).setdefault(metric.group(1), {})[iteration] = \
-                        float(metric.group(2))
-                continue
-            message, dataset = record.group(1), None
-            start, train, validation = _START.search(message), _TRAIN.search(message), _VALIDATION.match(message)
-            if start:
-                part.start = last = int(start.group(1))
-            elif train:
-                last = int(train.group(1).replace(',', ''))
-                _record_train_line(part, last, train.group(2), message[message.rindex(']') + 1:])
-            elif validation and part.start is not None:
-                dataset = validation.group(1)
-                before = previous.get(dataset, part.start)
-                previous[dataset] = part.total if ended and part.total else \
-                    _next_validation_iter(last, before, val_freq)
-            elif message.startswith('End of training.'):
-                ended = True
-    return part
+            reader.feed(line)
+    reader.close_block()
+    return reader.part
 
 
 def _record_train_line(part: LogPart, iteration: int, lrs: str, values: str) -> None:

@@ -12,6 +12,10 @@ idempotent runtime fixes, each tied to a breakage listed in ``docs/basicsr_notes
   folder relative to the working directory. :func:`load_resume_state` replaces BasicSR's version.
 * **H** ``--launcher pytorch`` hard-codes nccl and picks the GPU by global rank (``ZeroDivisionError`` on CPU).
   :func:`init_dist` uses gloo without CUDA and ``LOCAL_RANK`` with it; DDP on CPU needs ``device_ids=None``.
+* ``get_optimizer`` knows only Adam (master added others): :func:`_get_optimizer` takes any ``torch.optim`` class,
+  so the AdamW recipes of FFA-Net/MCLIR and DehazeFormer run.
+* mmengine 0.10.7 loads checkpoints with a bare ``torch.load``, weights-only since torch 2.6, which rejects its own
+  objects: :func:`trusted_mmengine_checkpoints` allow-lists exactly those (wrap ``runner.train()`` in it).
 * Resume restarts the interrupted epoch and forgets the random states; the training loader is wrapped so that
   :mod:`mclir_plugin.resume` can replay it exactly. A missing dataset path is named before BasicSR fails on it.
 
@@ -19,14 +23,18 @@ idempotent runtime fixes, each tied to a breakage listed in ``docs/basicsr_notes
 """
 from __future__ import annotations
 
+import builtins
+import contextlib
 import os
 import re
 import sys
 import types
 from os import path as osp
-from typing import Any
+from typing import Any, Iterator
 
 _PATCHED = False
+
+
 
 
 def install_import_shim() -> None:
@@ -176,6 +184,16 @@ def _checked_build_dataset(build_dataset):
     return build
 
 
+def _get_optimizer(self, optim_type: str, params, lr: float, **kwargs):
+    """``BaseModel.get_optimizer`` for any ``torch.optim`` class (BasicSR 1.4.2 knows only Adam)."""
+    import torch
+    optim_cls = getattr(torch.optim, optim_type, None)
+    if not (isinstance(optim_cls, type) and issubclass(optim_cls, torch.optim.Optimizer)):
+        raise NotImplementedError(f'train.optim_g.type {optim_type!r} is not a torch.optim optimizer '
+                                  '(Adam, AdamW, SGD, ...).')
+    return optim_cls(params, lr, **kwargs)
+
+
 def _load_network_naming_file(load_network):
     """``BaseModel.load_network`` whose errors name the file and what to check."""
     def load(self, net, load_path, strict=True, param_key='params'):
@@ -214,5 +232,36 @@ def patch_basicsr() -> None:
     bs_train.build_dataset = _checked_build_dataset(bs_train.build_dataset)
     bs_train.create_train_val_dataloader = _resumable_train_loader(bs_train.create_train_val_dataloader)
     BaseModel.model_to_device = _model_to_device
+    BaseModel.get_optimizer = _get_optimizer
     BaseModel.load_network = _load_network_naming_file(BaseModel.load_network)
     _PATCHED = True
+
+
+def mmengine_checkpoint_globals() -> list:
+    """The non-tensor objects an mmengine 0.10.7 Runner checkpoint pickles (its message hub's ``HistoryBuffer``
+    with numpy arrays, scalars and dtypes, and the ``getattr`` that rebuilds its bound statistics methods).
+
+    Allow-listing them lets ``torch.load(weights_only=True)``, torch's default since 2.6, read those checkpoints.
+    """
+    import numpy as np
+    from mmengine.logging.history_buffer import HistoryBuffer
+    multiarray = (getattr(np, '_core', None) or np.core).multiarray
+    dtypes = [c for c in vars(getattr(np, 'dtypes', np)).values() if isinstance(c, type) and issubclass(c, np.dtype)]
+    return [HistoryBuffer, multiarray.scalar, multiarray._reconstruct, np.ndarray, np.dtype, *dtypes, builtins.getattr]
+
+
+@contextlib.contextmanager
+def trusted_mmengine_checkpoints() -> Iterator[None]:
+    """Let mmengine 0.10.7 load or resume its checkpoints under torch >= 2.6 (wrap ``runner.train()``).
+
+    mmengine's ``load_from_local`` calls ``torch.load`` without ``weights_only``, so torch >= 2.6 loads weights-only
+    and rejects the message hub's objects (open-mmlab/mmengine#1655). This context keeps the weights-only
+    unpickler and allow-lists exactly :func:`mmengine_checkpoint_globals`; use it for checkpoints you trust.
+    A no-op on torch < 2.5 (no ``safe_globals``; loads there are not weights-only by default).
+    """
+    import torch
+    if not hasattr(torch.serialization, 'safe_globals'):
+        yield
+        return
+    with torch.serialization.safe_globals(mmengine_checkpoint_globals()):
+        yield

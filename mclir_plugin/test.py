@@ -25,8 +25,8 @@ With ``--checkpoints`` it evaluates each checkpoint on each test set of the opti
 Metrics: ``val.metrics`` of the file, computed per image with BasicSR's ``calculate_metric`` on the uint8 images
 BasicSR's validation uses, with each metric's ``crop_border``/``test_y_channel``. PSNR and SSIM are always reported:
 a missing one is added with the settings of the other (or, without ``val.metrics``, both with ``val.crop_border``
-(default ``scale``) and ``val.test_y_channel`` (default false)). Means are BasicSR's (sum / count), so they equal what
-its validation logs.
+(default: ``scale`` above 1, else 0) and ``val.test_y_channel`` (default false)). Means are BasicSR's (sum / count),
+so they equal what its validation logs.
 
 Outputs, under ``--out``:
 
@@ -143,7 +143,8 @@ def resolve_metrics(opt: dict[str, Any]) -> tuple[OrderedDict, list[str]]:
     by_type = {m.get('type'): name for name, m in metrics.items()}
     settings = next((metrics[by_type[t]] for t in ('calculate_psnr', 'calculate_ssim') if t in by_type), None)
     if settings is None:
-        settings = {'crop_border': val.get('crop_border', opt.get('scale', 0)),
+        scale = int(opt.get('scale') or 1)  # SR benchmarks crop the scale; restoration at scale 1 crops nothing
+        settings = {'crop_border': val.get('crop_border', scale if scale > 1 else 0),
                     'test_y_channel': val.get('test_y_channel', False)}
     for name, metric_type in (('psnr', 'calculate_psnr'), ('ssim', 'calculate_ssim')):
         if metric_type not in by_type:

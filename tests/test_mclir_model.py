@@ -236,3 +236,20 @@ def test_cost_option_errors(tmp_path, vgg16_file, key, value, match):
     opt['mclir'][key] = value
     with pytest.raises(ValueError, match=match):
         build_model(opt)
+
+
+@pytest.mark.parametrize('loss_type, source', [('ContrastRatioLoss', 'history'), ('ContrastRatioLoss', 'both'),
+                                               ('InfoNCELoss', 'input')])
+def test_peer_losses_train_through_the_wrapper(tmp_path, vgg16_file, empty_torch_home, loss_type, source):
+    opt = make_opt(tmp_path, vgg16_file, neg_iter=[1, 2], neg_start=0.2)
+    opt['train']['pixel_opt'] = {'type': loss_type, 'neg_weight': 0.01, 'neg_source': source,
+                                 'vgg_fallback': 'random'}
+    model = build_model(opt)
+    calls = []
+    model.negative_hook.negatives[0].register_forward_hook(lambda *a: calls.append(1))
+    for it, batch in enumerate(batches(2), start=1):
+        model.feed_data(batch)
+        model.optimize_parameters(it)
+    log = model.get_current_log()
+    assert log['l_neg'] < 0 and torch.isfinite(torch.tensor(log['l_pix']))  # a contrastive cost: l_neg = -lambda*C
+    assert len(calls) == (0 if source == 'input' else 2)  # history negatives run only when the loss uses them

@@ -86,20 +86,3 @@ def test_local_rank_dash_flag_is_accepted(swinir_run):
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-def test_shipped_spn_options_differ_from_their_baselines_only_in_contract_lines():
-    """Each baseline/SPN pair: same file except model_type, name, the mclir block and pixel_opt's SPN keys."""
-    pairs = [('demo.yml', 'demo_spn.yml'), ('swinir.yml', 'swinir_spn.yml')]
-    for base_name, spn_name in pairs:
-        base = yaml.safe_load(open(os.path.join(REPO, 'options', base_name)))
-        spn = yaml.safe_load(open(os.path.join(REPO, 'options', spn_name)))
-        assert spn['model_type'] == 'MCLIRModel' and spn['mclir']['base_model'] == base['model_type']
-        assert spn['train']['pixel_opt']['type'] == 'SPNLoss' and base['train']['pixel_opt']['type'] == 'L1Loss'
-        for key in set(base) | set(spn):
-            if key not in ('name', 'model_type', 'mclir', 'train'):
-                assert base.get(key) == spn.get(key), (spn_name, key)
-        for key in set(base['train']) | set(spn['train']):
-            if key != 'pixel_opt':
-                assert base['train'].get(key) == spn['train'].get(key), (spn_name, 'train', key)
-        for key, value in base['train']['pixel_opt'].items():
-            if key != 'type':
-                assert spn['train']['pixel_opt'][key] == value, (spn_name, 'pixel_opt', key)

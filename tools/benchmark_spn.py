@@ -32,7 +32,6 @@ import time
 import mclir_plugin  # noqa: F401  (compat shim and registration, before basicsr)
 import torch
 import yaml
-from basicsr.archs import build_network
 from basicsr.models import build_model
 
 from mclir_plugin.reference import OfficialStep

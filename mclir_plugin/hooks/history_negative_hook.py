@@ -33,15 +33,14 @@ Caveats up front:
   iteration ``runner.iter + 1``, and checkpoints carry :meth:`HistoryNegativeHook.state_dict` under the key
   ``'mclir'``. The model reaches the negatives through the same hook instance (see ``examples/mmengine_spn.py``).
   mmengine 0.10.7 loads checkpoints with a bare ``torch.load``, which torch >= 2.6 runs with ``weights_only=True``
-  and which then fails on mmengine's own objects: resume inside :func:`trusted_mmengine_checkpoints`.
+  and which then fails on mmengine's own objects: resume inside
+  :func:`mclir_plugin.compat.trusted_mmengine_checkpoints`.
 """
 from __future__ import annotations
 
-import builtins
-import contextlib
 import copy
 import logging
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from mmengine.hooks import Hook
@@ -364,32 +363,3 @@ class HistoryNegativeHook(Hook):
             self.load_state_dict(state)
         else:  # mmengine resumes before before_train, where the negatives are built
             self._pending_state = state
-
-
-def mmengine_checkpoint_globals() -> list:
-    """The non-tensor objects an mmengine 0.10.7 Runner checkpoint pickles (its message hub's ``HistoryBuffer``
-    with numpy arrays, scalars and dtypes, and the ``getattr`` that rebuilds its bound statistics methods).
-
-    Allow-listing them lets ``torch.load(weights_only=True)``, torch's default since 2.6, read those checkpoints.
-    """
-    import numpy as np
-    from mmengine.logging.history_buffer import HistoryBuffer
-    multiarray = (getattr(np, '_core', None) or np.core).multiarray
-    dtypes = [c for c in vars(np.dtypes).values() if isinstance(c, type) and issubclass(c, np.dtype)]
-    return [HistoryBuffer, multiarray.scalar, multiarray._reconstruct, np.ndarray, np.dtype, *dtypes, builtins.getattr]
-
-
-@contextlib.contextmanager
-def trusted_mmengine_checkpoints() -> Iterator[None]:
-    """Let mmengine 0.10.7 load or resume its checkpoints under torch >= 2.6 (wrap ``runner.train()``).
-
-    mmengine's ``load_from_local`` calls ``torch.load`` without ``weights_only``, so torch >= 2.6 loads weights-only
-    and rejects the message hub's objects (open-mmlab/mmengine#1655). This context keeps the weights-only
-    unpickler and allow-lists exactly :func:`mmengine_checkpoint_globals`; use it for checkpoints you trust.
-    A no-op on torch < 2.5 (no ``safe_globals``; loads there are not weights-only by default).
-    """
-    if not hasattr(torch.serialization, 'safe_globals'):
-        yield
-        return
-    with torch.serialization.safe_globals(mmengine_checkpoint_globals()):
-        yield

@@ -26,6 +26,11 @@ Caveats up front:
 * Defaults follow AECR-Net's code, not torchvision's conventions: VGG19 and **no ImageNet normalisation**
   (``use_input_norm=False``). ``neg_weight`` (AECR-Net's beta) defaults to 0.1, the value the paper reports; the
   released script's default is 0. Users of AECR-Net report that CR can dominate L1; watch ``l_neg / l_pix``.
+* History negatives sit close to the network (a refresh with decay 0.1 is 90% a snapshot, and the start blend
+  keeps 90% of it), so the denominator is small and the ratio large and steep, unlike with the hazy input: start
+  with a smaller ``neg_weight`` than AECR-Net's, or use ``'both'`` so that the input keeps the denominator away
+  from 0. (In ``examples/plain_pytorch_spn.py --loss cr``, random VGG19, ``neg_weight`` 0.01, the
+  reconstruction loss rose over the first 20 iterations.)
 * The ratio is computed in float32 whatever the autocast dtype (an eps of 1e-7 underflows in half precision).
 * In the ``(l_rec, l_neg)`` convention of the family, ``l_neg = -neg_weight * CR`` is negative: the loss is
   ``l_rec - l_neg`` = ``l_rec + neg_weight * CR``.

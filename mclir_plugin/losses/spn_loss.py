@@ -34,10 +34,11 @@ from basicsr.losses import build_loss
 from basicsr.utils.registry import LOSS_REGISTRY
 from torch import nn
 
+from mclir_plugin.losses import ssim_loss  # noqa: F401  (registers SSIMLoss for rec_loss: ssim)
 from mclir_plugin.losses.vgg_features import VGGFeatures
 
 DEFAULT_LAYER_WEIGHTS = {'relu1_2': 0.2, 'relu2_2': 0.3, 'relu3_3': 0.5}
-_REC_LOSSES = {'l1': 'L1Loss', 'mse': 'MSELoss', 'charbonnier': 'CharbonnierLoss'}
+_REC_LOSSES = {'l1': 'L1Loss', 'mse': 'MSELoss', 'charbonnier': 'CharbonnierLoss', 'ssim': 'SSIMLoss'}
 
 NO_NEGATIVES_MESSAGE = (
     'SPNLoss was called without negatives. It needs the outputs of the history-negative models, which only '
@@ -57,8 +58,8 @@ class SPNLoss(nn.Module):
         vgg_type: ``vgg16`` (the paper's) or ``vgg11``/``vgg13``/``vgg19``. Defaults to ``'vgg16'``.
         use_input_norm: Normalise VGG inputs by the ImageNet mean/std. Defaults to True.
         range_norm: Map VGG inputs from [-1, 1] to [0, 1] first. Defaults to False.
-        rec_loss: Reconstruction criterion, ``'l1'``, ``'charbonnier'`` or ``'mse'`` (BasicSR's losses).
-            Defaults to ``'l1'``.
+        rec_loss: Reconstruction criterion, ``'l1'``, ``'charbonnier'`` or ``'mse'`` (BasicSR's losses), or
+            ``'ssim'`` (``1 - SSIM``, IDT's loss). Defaults to ``'l1'``.
         reduction: ``'mean'`` or ``'sum'`` for the reconstruction term. Defaults to ``'mean'``.
         vgg_weights: ``'imagenet'`` (torchvision's cached file) or a path to a local copy. Defaults to
             ``'imagenet'``.

@@ -36,6 +36,7 @@ from mmengine.registry import HOOKS
 
 from mclir_plugin.checkpoint import atomic_torch_save
 from mclir_plugin.hooks.history_negative_hook import HistoryNegativeHook
+from mclir_plugin.losses.contrastive_base import NegativeContrastLoss
 from mclir_plugin.losses.spn_loss import SPNLoss
 from mclir_plugin.options import check_call_kwargs, check_keys
 from mclir_plugin.resume import PROGRESS, preserved_rng, schedule_resume
@@ -43,6 +44,7 @@ from mclir_plugin.resume import PROGRESS, preserved_rng, schedule_resume
 MCLIR_KEYS = ('base_model', 'hook', 'amp', 'neg_every', 'neg_batch_fraction')
 STATE_KEY = 'mclir'
 AMP_DTYPES = {'none': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
+CONTRASTIVE_LOSSES = (SPNLoss, NegativeContrastLoss)
 
 
 class MCLIRMixin:
@@ -58,11 +60,12 @@ class MCLIRMixin:
         super().init_training_settings()
         # fp16 needs loss scaling; bf16 has fp32's range and does not. Disabled, the scaler is a pass-through.
         self.grad_scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype is torch.float16)
-        if not isinstance(self.cri_pix, SPNLoss):
-            raise TypeError(f'train.pixel_opt built {type(self.cri_pix).__name__}, not an SPNLoss.')
+        if not isinstance(self.cri_pix, CONTRASTIVE_LOSSES):
+            raise TypeError(f'train.pixel_opt built {type(self.cri_pix).__name__}, not an SPNLoss or a '
+                            'NegativeContrastLoss.')
         vgg = self.cri_pix.vgg
         log = logger.warning if vgg.weights_source.startswith('RANDOM') else logger.info
-        log(f'SPNLoss: {vgg.vgg_type} {vgg.weights_source}')
+        log(f'{type(self.cri_pix).__name__}: {vgg.vgg_type} {vgg.weights_source}')
         if self.negative_hook.seed is None:
             self.negative_hook.seed = _shared_seed(self.opt.get('manual_seed', 0))
         network_opt = copy.deepcopy(self.opt['network_g'])
@@ -104,10 +107,14 @@ class MCLIRMixin:
         """
         if current_iter % self.neg_every:
             return self.cri_pix.reconstruction(self.output, self.gt), self.output.new_zeros(())
-        lq, output = self.lq, self.output
+        lq, output, gt = self.lq, self.output, self.gt
         if self.neg_batch_fraction < 1:
             keep = torch.randperm(lq.shape[0], device=lq.device)[:math.ceil(self.neg_batch_fraction * lq.shape[0])]
-            lq, output = lq[keep], output[keep]
+            lq, output, gt = lq[keep], output[keep], gt[keep]
+        if isinstance(self.cri_pix, NegativeContrastLoss):  # peer losses: l_neg = -neg_weight * C(out, gt, negs)
+            negatives = self.negative_hook.forward_negatives(lq) if self.cri_pix.uses_history else None
+            l_pix = self.cri_pix.reconstruction(self.output, self.gt)
+            return l_pix, self.neg_every * self.cri_pix.negative_term(output, gt, negatives, lq=lq)
         negatives = self.negative_hook.forward_negatives(lq)
         l_pix = self.cri_pix.reconstruction(self.output, self.gt)
         if self.cri_pix.neg_weight == 0:
@@ -232,9 +239,10 @@ def check_spn_pixel_opt(opt: dict[str, Any]) -> None:
     pixel_opt = (opt.get('train') or {}).get('pixel_opt') or {}
     loss_type = pixel_opt.get('type')
     loss_cls = LOSS_REGISTRY.get(loss_type) if loss_type in LOSS_REGISTRY else None
-    if loss_cls is None or not issubclass(loss_cls, SPNLoss):
-        raise ValueError(f'MCLIRModel needs `train.pixel_opt.type: SPNLoss` (got {loss_type!r}); SPNLoss holds the '
-                         'reconstruction term (L1 by default) and the negative term.')
+    if loss_cls is None or not issubclass(loss_cls, CONTRASTIVE_LOSSES):
+        raise ValueError(f'MCLIRModel needs `train.pixel_opt.type: SPNLoss` (or a peer loss: ContrastRatioLoss, '
+                         f'InfoNCELoss), got {loss_type!r}; it holds the reconstruction term (L1 by default) and the '
+                         'negative term.')
     check_call_kwargs(loss_cls, pixel_opt, 'train.pixel_opt')
 
 
