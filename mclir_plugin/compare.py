@@ -135,8 +135,8 @@ class _LogReader:
         record = _RECORD.match(line)
         if record is None:  # a continuation line: the option dump, or the metrics of a validation block
             option, metric = _OPTION.match(line), _METRIC.match(line)
-            if option and self.part.start is None:
-                self.options[option.group(1)] = int(float(option.group(2)))
+            if option and self.part.start is None and re.fullmatch(r'[0-9.e+]+', option.group(2)):
+                self.options[option.group(1)] = int(float(option.group(2)))  # '5000.0' from !!float 5e3
             if metric and self.block:
                 self.block[1].append(metric.groups())
             return
@@ -320,7 +320,7 @@ def summarise(runs: Sequence[RunHistory]) -> list[dict]:
                 best_iter, best = _best(series, metric)
                 last_iter = max(series)
                 compared = index > 0 and base is not None
-                rows.append({'dataset': dataset, 'metric': metric, 'run': run.label,
+                rows.append({'dataset': dataset, 'metric': metric, 'run': run.label, 'baseline': index == 0,
                              'best': best, 'best_iter': best_iter, 'last': series[last_iter], 'last_iter': last_iter,
                              'delta_best': best - base_best if compared else None,
                              'delta_last': series[last_iter] - base_last if compared else None})
@@ -347,9 +347,10 @@ def _number(value: float | None, signed: bool = False) -> str:
 def table_cells(rows: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
     """Headers and cells of the printed table (4 decimals, like BasicSR's log)."""
     headers = ['dataset', 'metric', 'run', 'best', '@iter', 'last', '@iter', 'Δbest', 'Δlast']
+    missing = {True: 'baseline', False: 'n/a'}  # n/a: the baseline has no such dataset or metric
     cells = [[r['dataset'], r['metric'], r['run'], _number(r['best']), str(r['best_iter']), _number(r['last']),
-              str(r['last_iter']), _number(r['delta_best'], True) or 'baseline',
-              _number(r['delta_last'], True) or 'baseline'] for r in rows]
+              str(r['last_iter']), _number(r['delta_best'], True) or missing[r['baseline']],
+              _number(r['delta_last'], True) or missing[r['baseline']]] for r in rows]
     return headers, cells
 
 

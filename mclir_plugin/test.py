@@ -137,8 +137,15 @@ def select_datasets(opt: dict[str, Any], wanted: Sequence[str] | None, opt_path:
 
 def resolve_metrics(opt: dict[str, Any]) -> tuple[OrderedDict, list[str]]:
     """``(metrics, notes)``: ``val.metrics`` with PSNR and SSIM completed (see the module docstring)."""
+    from basicsr.utils.registry import METRIC_REGISTRY
+
     val = opt.get('val') or {}
     metrics = OrderedDict((name, dict(m)) for name, m in (val.get('metrics') or {}).items())
+    for name, metric in metrics.items():
+        if metric.get('type') not in METRIC_REGISTRY:
+            known = ', '.join(sorted(n for n, _ in METRIC_REGISTRY))
+            raise EvalError(f"val.metrics.{name}.type {metric.get('type')!r} is not a BasicSR metric; use one of "
+                            f'{known}.')
     notes = []
     by_type = {m.get('type'): name for name, m in metrics.items()}
     settings = next((metrics[by_type[t]] for t in ('calculate_psnr', 'calculate_ssim') if t in by_type), None)
@@ -153,17 +160,18 @@ def resolve_metrics(opt: dict[str, Any]) -> tuple[OrderedDict, list[str]]:
                                 f'{name} can hold {metric_type}.')
             metrics[name] = {'type': metric_type, 'crop_border': settings.get('crop_border', 0),
                              'test_y_channel': settings.get('test_y_channel', False)}
-            notes.append(f'{name} added (not in val.metrics)')
+            notes.append(f'{name} added: not in val.metrics')
     return metrics, notes
 
 
 def describe_metrics(metrics: dict[str, dict], notes: Sequence[str]) -> str:
-    """E.g. ``psnr (crop_border 4, Y), ssim (crop_border 4, Y; ssim added (not in val.metrics))``."""
+    """E.g. ``psnr (crop_border 4, Y), ssim (crop_border 4, Y; added: not in val.metrics)``."""
     parts = []
     for name, m in metrics.items():
         extra = [n for n in notes if n.startswith(name + ' ')]
         channel = 'Y' if m.get('test_y_channel') else 'RGB'
-        parts.append(f"{name} (crop_border {m.get('crop_border', 0)}, {channel}{'; ' + extra[0] if extra else ''})")
+        note = '; ' + extra[0][len(name) + 1:] if extra else ''
+        parts.append(f"{name} (crop_border {m.get('crop_border', 0)}, {channel}{note})")
     return ', '.join(parts)
 
 
@@ -333,8 +341,9 @@ def evaluate(args: argparse.Namespace, root_path: str) -> list[dict]:
                                         sampler=None, seed=opt.get('manual_seed')))
     model = build_model(test_opt)
     device = 'cuda' if test_opt['num_gpu'] else 'cpu'
+    base = ' (mclir.base_model; no negatives or VGG at test time)' if opt.get('model_type') == 'MCLIRModel' else ''
     print(f"Evaluating {len(labels)} checkpoint(s) on {len(loaders)} test set(s) of {args.opt}: model "
-          f"{test_opt['model_type']}, network {test_opt['network_g'].get('type')}, {device}")
+          f"{test_opt['model_type']}{base}, network {test_opt['network_g'].get('type')}, {device}")
     print(f'metrics: {describe_metrics(metrics, notes)}')
     names = list(metrics)
     summary, results = [], []

@@ -171,7 +171,8 @@ def test_compare_prints_table_and_writes_csv_markdown_png(runs, tool_runs):
 def test_evaluation_writes_basicsr_metrics_per_image_and_means(runs, tool_runs):
     cwd, base, spn, spn_opt, gt_dir, _ = runs
     output = tool_runs[1]
-    assert 'psnr (crop_border 4, Y), ssim (crop_border 4, Y; ssim added' in output
+    assert 'psnr (crop_border 4, Y), ssim (crop_border 4, Y; added: not in val.metrics)' in output
+    assert 'model SwinIRModel (mclir.base_model' in output
     assert re.search(r'tiny_spn_net_g_8\s+params_ema\s+TinyVal\s+4\s+[0-9.]+\s+[0-9.]+', output)
     summary = read_csv(cwd / 'eval' / 'summary.csv')
     assert [(r['checkpoint'], r['dataset'], r['images']) for r in summary] == [

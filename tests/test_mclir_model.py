@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import os
 
+import numpy as np
 import pytest
 import torch
 from basicsr.archs import build_network
@@ -253,3 +254,89 @@ def test_peer_losses_train_through_the_wrapper(tmp_path, vgg16_file, empty_torch
     log = model.get_current_log()
     assert log['l_neg'] < 0 and torch.isfinite(torch.tensor(log['l_pix']))  # a contrastive cost: l_neg = -lambda*C
     assert len(calls) == (0 if source == 'input' else 2)  # history negatives run only when the loss uses them
+
+
+def test_nonfinite_losses_are_skipped_then_stop_the_run(tmp_path, vgg16_file):
+    opt = make_opt(tmp_path, vgg16_file, neg_iter=[1])
+    opt['mclir']['max_nonfinite_steps'] = 3
+    model = build_model(opt)
+    good = batches(1)[0]
+    model.feed_data(good)
+    model.optimize_parameters(1)
+    model.save(epoch=0, current_iter=1)
+    weights = [p.clone() for p in model.net_g.parameters()]
+    negatives = [p.clone() for p in model.negative_hook.negatives[0].parameters()]
+    bad = {'lq': good['lq'], 'gt': good['gt'].clone().fill_(float('nan'))}
+    for it in (2, 3):
+        model.feed_data(bad)
+        model.optimize_parameters(it)
+        assert all(torch.equal(a, b) for a, b in zip(weights, model.net_g.parameters()))  # no update
+        assert all(torch.equal(a, b) for a, b in zip(negatives, model.negative_hook.negatives[0].parameters()))
+    assert model.nonfinite_in_a_row == 2
+    model.feed_data(good)
+    model.optimize_parameters(4)  # a good step resets the count
+    assert model.nonfinite_in_a_row == 0
+    for it in (5, 6):
+        model.feed_data(bad)
+        model.optimize_parameters(it)
+    model.feed_data(bad)
+    with pytest.raises(FloatingPointError, match=r"3 non-finite losses in a row \(last at iteration 7\).*1\.state"):
+        model.optimize_parameters(7)
+
+
+def test_validation_saves_a_picture_of_the_negatives(tmp_path, vgg16_file):
+    import cv2
+    from basicsr.data import build_dataloader, build_dataset
+    opt = make_opt(tmp_path, vgg16_file, neg_iter=[1, 2, 3], neg_start=0.3)
+    opt['val'] = {'save_img': False, 'metrics': {'psnr': {'type': 'calculate_psnr', 'crop_border': 2}}}
+    model = build_model(opt)
+    data = {'name': 'v', 'type': 'SyntheticPairedDataset', 'task': 'sr', 'scale': 2, 'phase': 'val',
+            'images': ['chelsea'], 'val_size': 48}
+    loader = build_dataloader(build_dataset(data), data, num_gpu=0, dist=False)
+    state = torch.random.get_rng_state()
+    model.validation(loader, current_iter=5, tb_logger=None)
+    assert torch.equal(state, torch.random.get_rng_state())
+    picture = cv2.imread(os.path.join(opt['path']['visualization'], 'mclir_negatives', '5.png'))
+    assert picture.shape == (48, 48 * (1 + 1 + 3 + 1 + 1), 3)  # input, output, 3 negatives, gt, distance
+    panels = np.split(picture.astype(int), 7, axis=1)
+    assert np.abs(panels[1] - panels[2]).sum() > 0  # the output differs from a negative (neg_start blend)
+    assert panels[6].max() == 255  # the distance map is scaled to white at its maximum
+
+
+def test_auto_neg_weight_calibrates_to_the_target_ratio_and_survives_resume(tmp_path, vgg16_file):
+    opt = make_opt(tmp_path, vgg16_file, neg_iter=[100], neg_start=0.3)
+    opt['train']['pixel_opt'].update(neg_weight='auto', auto_ratio=0.05, auto_iters=3)
+    model = build_model(copy.deepcopy(opt))
+    data = batches(5)
+    for it in (1, 2, 3):
+        model.feed_data(data[it - 1])
+        model.optimize_parameters(it)
+        assert model.get_current_log()['l_neg'] == 0  # the negative term is off while measuring
+    assert model.calibration is None
+    lam = model.cri_pix.neg_weight
+    assert lam > 0
+    model.save(epoch=0, current_iter=3)
+    state = torch.load(os.path.join(opt['path']['training_states'], '3.state'), weights_only=True)
+    assert state['neg_weight']['value'] == pytest.approx(lam) and state['neg_weight']['calibration'] is None
+    model.feed_data(data[3])
+    model.optimize_parameters(4)
+    log = model.get_current_log()
+    assert log['l_neg'] > 0 and 0.005 < log['l_neg_ratio'] < 0.5  # near the 0.05 target, one step later
+    resumed_opt = copy.deepcopy(opt)
+    resumed_opt['path']['pretrain_network_g'] = os.path.join(opt['path']['models'], 'net_g_3.pth')
+    resumed = build_model(resumed_opt)
+    resumed.resume_training(state)
+    assert resumed.calibration is None and resumed.cri_pix.neg_weight == pytest.approx(lam)
+
+
+def test_ratio_outside_the_authors_range_warns(tmp_path, vgg16_file, monkeypatch):
+    from basicsr.utils import get_root_logger
+    opt = make_opt(tmp_path, vgg16_file, neg_iter=[100], neg_start=0.3, neg_weight=1e-6)
+    model = build_model(opt)
+    monkeypatch.setattr(type(model), 'RATIO_WINDOW', 2)
+    messages = []
+    monkeypatch.setattr(get_root_logger(), 'warning', lambda msg, *a, **k: messages.append(msg))
+    for it, batch in enumerate(batches(2), start=1):
+        model.feed_data(batch)
+        model.optimize_parameters(it)
+    assert len(messages) == 1 and 'outside the authors' in messages[0] and 'neg_weight 1e-06 -> about' in messages[0]

@@ -141,6 +141,8 @@ def test_bad_negative_shape(vgg16_file, batch):
     ({'layer_weights': {'relu3_4': 1.0}}, 'Unknown vgg16 layer'),
     ({'layer_weights': {}}, 'layer_weights is empty'),
     ({'neg_weight': -0.1}, 'neg_weight must be a number >= 0'),
+    ({'neg_weight': 'automatic'}, "neg_weight must be a number >= 0 or 'auto'"),
+    ({'neg_weight': 'auto', 'auto_iters': 0}, 'auto_iters must be an integer >= 1'),
     ({'rec_loss': 'l2'}, 'rec_loss must be one of'),
     ({'vgg_type': 'vgg17'}, 'vgg_type'),
     ({'vgg_fallback': 'download'}, "vgg_fallback must be 'error' or 'random'"),

@@ -53,7 +53,9 @@ class SPNLoss(nn.Module):
     Args:
         loss_weight: Weight ``w`` of the reconstruction term, as in BasicSR's ``L1Loss``. Defaults to 1.0.
         neg_weight: ``lambda``, the weight of the negative term (the official FFA-Net setting is 0.001).
-            0 disables the term (and skips VGG). Defaults to 0.001.
+            0 disables the term (and skips VGG). ``'auto'``: MCLIRModel measures the mean reconstruction term
+            ``R`` and the mean VGG distance ``D`` over the first ``auto_iters`` iterations (the negative term is
+            off meanwhile) and fixes ``lambda = auto_ratio * R / D``. Defaults to 0.001.
         layer_weights: ``{vgg layer: alpha}``. Defaults to ``{relu1_2: 0.2, relu2_2: 0.3, relu3_3: 0.5}``.
         vgg_type: ``vgg16`` (the paper's) or ``vgg11``/``vgg13``/``vgg19``. Defaults to ``'vgg16'``.
         use_input_norm: Normalise VGG inputs by the ImageNet mean/std. Defaults to True.
@@ -67,6 +69,8 @@ class SPNLoss(nn.Module):
             missing (see :class:`VGGFeatures`). Defaults to ``'error'``.
         channels_last: Run VGG in channels-last memory format (same maths; see the README's performance
             section for when it is faster). Defaults to False.
+        auto_ratio: Target ``lambda * D / R`` of ``neg_weight: auto``. Defaults to 0.05.
+        auto_iters: Calibration iterations of ``neg_weight: auto``. Defaults to 100.
     """
 
     def __init__(self,
@@ -80,10 +84,20 @@ class SPNLoss(nn.Module):
                  reduction: str = 'mean',
                  vgg_weights: str = 'imagenet',
                  vgg_fallback: str = 'error',
-                 channels_last: bool = False) -> None:
+                 channels_last: bool = False,
+                 auto_ratio: float = 0.05,
+                 auto_iters: int = 100) -> None:
         super().__init__()
+        self.auto_neg_weight = neg_weight == 'auto'
+        if self.auto_neg_weight:
+            neg_weight = 0.0  # until MCLIRModel has calibrated it
         if not isinstance(neg_weight, (int, float)) or isinstance(neg_weight, bool) or neg_weight < 0:
-            raise ValueError(f'SPNLoss: neg_weight must be a number >= 0, got {neg_weight!r}.')
+            raise ValueError(f"SPNLoss: neg_weight must be a number >= 0 or 'auto', got {neg_weight!r}.")
+        if isinstance(auto_ratio, bool) or not isinstance(auto_ratio, (int, float)) or auto_ratio <= 0:
+            raise ValueError(f'SPNLoss: auto_ratio must be a number > 0, got {auto_ratio!r}.')
+        if isinstance(auto_iters, bool) or not isinstance(auto_iters, int) or auto_iters < 1:
+            raise ValueError(f'SPNLoss: auto_iters must be an integer >= 1, got {auto_iters!r}.')
+        self.auto_ratio, self.auto_iters = float(auto_ratio), auto_iters
         if rec_loss not in _REC_LOSSES:
             raise ValueError(f'SPNLoss: rec_loss must be one of {sorted(_REC_LOSSES)}, got {rec_loss!r}.')
         self.layer_weights = dict(DEFAULT_LAYER_WEIGHTS if layer_weights is None else layer_weights)

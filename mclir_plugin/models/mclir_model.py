@@ -21,6 +21,7 @@ are refused with a clear error rather than silently trained without their extra 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import os
 from collections import OrderedDict
@@ -29,7 +30,7 @@ from typing import Any
 import torch
 from basicsr.archs import build_network
 from basicsr.models.sr_model import SRModel
-from basicsr.utils import get_root_logger
+from basicsr.utils import get_root_logger, imwrite, tensor2img
 from basicsr.utils.dist_util import get_dist_info, master_only
 from basicsr.utils.registry import LOSS_REGISTRY, MODEL_REGISTRY
 from mmengine.registry import HOOKS
@@ -41,7 +42,7 @@ from mclir_plugin.losses.spn_loss import SPNLoss
 from mclir_plugin.options import check_call_kwargs, check_keys
 from mclir_plugin.resume import PROGRESS, preserved_rng, schedule_resume
 
-MCLIR_KEYS = ('base_model', 'hook', 'amp', 'neg_every', 'neg_batch_fraction')
+MCLIR_KEYS = ('base_model', 'hook', 'amp', 'neg_every', 'neg_batch_fraction', 'max_nonfinite_steps', 'visualize')
 STATE_KEY = 'mclir'
 AMP_DTYPES = {'none': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 CONTRASTIVE_LOSSES = (SPNLoss, NegativeContrastLoss)
@@ -56,7 +57,11 @@ class MCLIRMixin:
         logger = get_root_logger()
         self.negative_hook = build_negative_hook(self.opt)  # option errors first, before anything is built
         check_spn_pixel_opt(self.opt)
-        self.amp_dtype, self.neg_every, self.neg_batch_fraction = read_cost_options(self.opt.get('mclir') or {})
+        self.step_options = read_step_options(self.opt.get('mclir') or {})
+        self.amp_dtype = self.step_options.amp_dtype
+        self.neg_every, self.neg_batch_fraction = self.step_options.neg_every, self.step_options.neg_batch_fraction
+        self.nonfinite_in_a_row = 0
+        self.ratio_window: list[float] = []
         super().init_training_settings()
         # fp16 needs loss scaling; bf16 has fp32's range and does not. Disabled, the scaler is a pass-through.
         self.grad_scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype is torch.float16)
@@ -68,6 +73,7 @@ class MCLIRMixin:
         log(f'{type(self.cri_pix).__name__}: {vgg.vgg_type} {vgg.weights_source}')
         if self.negative_hook.seed is None:
             self.negative_hook.seed = _shared_seed(self.opt.get('manual_seed', 0))
+        self.calibration = LambdaCalibration(self.cri_pix) if getattr(self.cri_pix, 'auto_neg_weight', False) else None
         network_opt = copy.deepcopy(self.opt['network_g'])
         self.negative_hook.build(self.get_bare_model(self.net_g), fresh_init=lambda: build_network(network_opt))
         logger.info('MCLIR: ' + self.negative_hook.describe())
@@ -91,13 +97,59 @@ class MCLIRMixin:
                     l_total = l_total + l_style
                     loss_dict['l_style'] = l_style
 
+        if not self._all_finite(l_total):
+            return self._skip_nonfinite_step(current_iter, loss_dict)
+        self.nonfinite_in_a_row = 0
         self.grad_scaler.scale(l_total).backward()
         self.grad_scaler.step(self.optimizer_g)
         self.grad_scaler.update()
         self.log_dict = self.reduce_loss_dict({k: v.float() for k, v in loss_dict.items()})
+        if self.calibration is not None and self.calibration.count >= self.cri_pix.auto_iters:
+            self.calibration.finish(self.opt['dist'])
+            self.calibration = None
+        self._watch_ratio(current_iter, loss_dict['l_neg_ratio'])
         if self.ema_decay > 0:
             self.model_ema(decay=self.ema_decay)
         self.negative_hook.step(self.get_bare_model(self.net_g), current_iter)
+
+    RATIO_WINDOW = 1000
+
+    def _watch_ratio(self, current_iter: int, ratio: torch.Tensor) -> None:
+        """Warn when ``l_neg_ratio`` averages outside the authors' [0.01, 0.1] over a window of iterations."""
+        if self.calibration is not None or ratio.item() == 0:  # calibrating, or no negative term on this step
+            return
+        self.ratio_window.append(abs(ratio.item()))
+        if len(self.ratio_window) < self.RATIO_WINDOW:
+            return
+        mean = sum(self.ratio_window) / len(self.ratio_window)
+        self.ratio_window = []
+        if not 0.01 <= mean <= 0.1 and isinstance(self.cri_pix, SPNLoss):
+            get_root_logger().warning(
+                f'l_neg_ratio averaged {mean:.3g} over the {self.RATIO_WINDOW} iterations before {current_iter}, '
+                f'outside the authors\' [0.01, 0.1]: neg_weight {self.cri_pix.neg_weight:.3g} -> about '
+                f'{self.cri_pix.neg_weight * 0.05 / mean:.3g} would give 0.05 (or use neg_weight: auto).')
+
+    def _all_finite(self, loss: torch.Tensor) -> bool:
+        """Whether the loss is finite on every rank (ranks must skip together, or DDP's all-reduce would hang)."""
+        finite = torch.isfinite(loss.detach()).float()
+        if self.opt['dist']:
+            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+        return bool(finite.item())
+
+    def _skip_nonfinite_step(self, current_iter: int, loss_dict: OrderedDict) -> None:
+        """Skip the update of a NaN/Inf loss; stop after ``max_nonfinite_steps`` in a row, naming the checkpoint."""
+        self.optimizer_g.zero_grad()
+        self.log_dict = self.reduce_loss_dict({k: v.detach().float() for k, v in loss_dict.items()})
+        self.nonfinite_in_a_row += 1
+        limit = self.step_options.max_nonfinite_steps
+        values = ', '.join(f'{k}={v:.4g}' for k, v in self.log_dict.items())
+        get_root_logger().warning(f'Iteration {current_iter}: non-finite loss ({values}); update skipped '
+                                  f'({self.nonfinite_in_a_row} in a row, stopping at {limit}).')
+        if self.nonfinite_in_a_row >= limit:
+            raise FloatingPointError(
+                f'{self.nonfinite_in_a_row} non-finite losses in a row (last at iteration {current_iter}). The last '
+                f'complete checkpoint is {latest_training_state(self.opt) or "none yet"}: resume from it '
+                '(--auto_resume) with a lower learning rate or neg_weight, or check the data.')
 
     def spn_terms(self, current_iter: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``(l_pix, l_neg)`` of this step, with the cost options ``neg_every`` and ``neg_batch_fraction``.
@@ -117,6 +169,10 @@ class MCLIRMixin:
             return l_pix, self.neg_every * self.cri_pix.negative_term(output, gt, negatives, lq=lq)
         negatives = self.negative_hook.forward_negatives(lq)
         l_pix = self.cri_pix.reconstruction(self.output, self.gt)
+        if self.calibration is not None:  # neg_weight: auto, still measuring: the negative term is off
+            with torch.no_grad():
+                self.calibration.add(l_pix, self.cri_pix.negative_distance(output, negatives))
+            return l_pix, self.output.new_zeros(())
         if self.cri_pix.neg_weight == 0:
             return l_pix, self.output.new_zeros(())
         return l_pix, self.neg_every * self.cri_pix.neg_weight * self.cri_pix.negative_distance(output, negatives)
@@ -158,6 +214,8 @@ class MCLIRMixin:
                  'schedulers': [s.state_dict() for s in self.schedulers],
                  STATE_KEY: self.negative_hook.state_dict(),
                  'grad_scaler': self.grad_scaler.state_dict(),
+                 'neg_weight': {'value': float(self.cri_pix.neg_weight),
+                                'calibration': None if self.calibration is None else self.calibration.state()},
                  'progress': progress}
         atomic_torch_save(state, os.path.join(self.opt['path']['training_states'], f'{current_iter}.state'))
 
@@ -166,6 +224,14 @@ class MCLIRMixin:
         logger = get_root_logger()
         if resume_state.get('grad_scaler'):
             self.grad_scaler.load_state_dict(resume_state['grad_scaler'])
+        if 'neg_weight' in resume_state and getattr(self.cri_pix, 'auto_neg_weight', False):
+            saved = resume_state['neg_weight']
+            self.cri_pix.neg_weight = saved['value']
+            if saved['calibration'] is None:
+                self.calibration = None
+                logger.info(f"neg_weight auto: lambda {saved['value']:.4g} restored from the training state.")
+            else:
+                self.calibration.load(saved['calibration'])
         if STATE_KEY in resume_state:
             try:
                 self.negative_hook.load_state_dict(resume_state[STATE_KEY])
@@ -187,9 +253,57 @@ class MCLIRMixin:
             schedule_resume(progress[rank])
 
     def validation(self, dataloader, current_iter, tb_logger, save_img=False):
-        """The base model's validation, leaving every random state as it was (so it cannot change training)."""
+        """The base model's validation, then (``mclir.visualize``) a picture of the negatives; leaves every random
+        state as it was, so validating cannot change training."""
         with preserved_rng():
-            return super().validation(dataloader, current_iter, tb_logger, save_img)
+            result = super().validation(dataloader, current_iter, tb_logger, save_img)
+            if self.step_options.visualize and get_dist_info()[0] == 0 and self.is_train:
+                self.save_negatives_picture(dataloader, current_iter, tb_logger)
+        return result
+
+    @torch.no_grad()
+    def save_negatives_picture(self, dataloader, current_iter, tb_logger=None, max_side: int = 256) -> str:
+        """Save ``input | output | negative 1..N | ground truth | distance to the nearest negative`` for the first
+        validation image (centre crop of at most ``max_side`` output pixels) under
+        ``visualization/mclir_negatives/<iter>.png``, and log it to TensorBoard. Returns the file path.
+
+        The distance map is ``min_i mean_c |out - neg_i|``, scaled so its maximum is white: dark where the output
+        is still close to some history model, bright where it has moved away from all of them.
+        """
+        data = next(iter(dataloader))
+        self.feed_data(data)
+        self.test()
+        output = self.output.detach().float()
+        negatives = [self._test_with(neg) for neg in self.negative_hook.negatives]
+        height, width = output.shape[-2:]
+        lq = torch.nn.functional.interpolate(self.lq.float(), size=(height, width), mode='nearest')
+        panels = [lq, output, *negatives] + ([self.gt.float()[..., :height, :width]] if hasattr(self, 'gt') else [])
+        distance = torch.stack([(output - neg).abs().mean(1, keepdim=True) for neg in negatives]).amin(0)
+        panels.append((distance / distance.max().clamp_min(1e-12)).expand_as(output))
+        top, left = max(0, (height - max_side) // 2), max(0, (width - max_side) // 2)
+        crop = [p[:1, :3, top:top + max_side, left:left + max_side].clamp(0, 1).cpu() for p in panels]
+        grid = torch.cat(crop, dim=-1)
+        path = os.path.join(self.opt['path']['visualization'], 'mclir_negatives', f'{current_iter}.png')
+        imwrite(tensor2img(grid), path)
+        if tb_logger is not None:
+            tb_logger.add_image('mclir/input_output_negatives_gt_distance', grid[0], current_iter)
+        del self.lq, self.output
+        if hasattr(self, 'gt'):
+            del self.gt
+        return path
+
+    def _test_with(self, net: torch.nn.Module) -> torch.Tensor:
+        """The base model's ``test()`` (padding, tiling) run with ``net`` in place of the evaluated network."""
+        had_ema, ema = hasattr(self, 'net_g_ema'), getattr(self, 'net_g_ema', None)
+        self.net_g_ema = net  # SRModel.test() and its subclasses evaluate net_g_ema when it exists
+        try:
+            self.test()
+        finally:
+            if had_ema:
+                self.net_g_ema = ema
+            else:
+                del self.net_g_ema
+        return self.output.detach().float()
 
 
 def _shared_seed(seed: int) -> int:
@@ -202,8 +316,64 @@ def _shared_seed(seed: int) -> int:
     return int(seed)
 
 
-def read_cost_options(mclir_opt: dict[str, Any]) -> tuple[torch.dtype | None, int, float]:
-    """``(amp dtype, neg_every, neg_batch_fraction)`` from the mclir block, with errors naming the key."""
+class LambdaCalibration:
+    """``neg_weight: auto``: sums of the reconstruction term R and the VGG distance D over the first iterations,
+    then ``lambda = auto_ratio * mean(R) / mean(D)`` (means over ranks too, so every rank gets the same lambda)."""
+
+    def __init__(self, loss: SPNLoss) -> None:
+        self.loss = loss
+        self.sum_rec, self.sum_distance, self.count = 0.0, 0.0, 0
+
+    def add(self, l_rec: torch.Tensor, distance: torch.Tensor) -> None:
+        self.sum_rec += float(l_rec.detach())
+        self.sum_distance += float(distance)
+        self.count += 1
+
+    def finish(self, dist: bool) -> float:
+        sums = torch.tensor([self.sum_rec, self.sum_distance], dtype=torch.float64)
+        if dist:
+            backend_device = 'cuda' if torch.distributed.get_backend() == 'nccl' else 'cpu'
+            sums = sums.to(backend_device)
+            torch.distributed.all_reduce(sums)
+        rec, distance = sums.tolist()
+        if distance <= 0:
+            raise FloatingPointError('neg_weight auto: the VGG distance to the negatives stayed 0 during calibration '
+                                     '(negatives identical to the network?); set neg_weight to a number.')
+        self.loss.neg_weight = self.loss.auto_ratio * rec / distance
+        get_root_logger().info(
+            f'neg_weight auto: lambda = {self.loss.neg_weight:.4g} (target l_neg_ratio {self.loss.auto_ratio}; mean '
+            f'reconstruction {rec / self.count:.4g} and VGG distance {distance / self.count:.4g} per rank over '
+            f'{self.count} iterations); fixed from now on and stored in the training state.')
+        return self.loss.neg_weight
+
+    def state(self) -> list[float]:
+        return [self.sum_rec, self.sum_distance, self.count]
+
+    def load(self, state: list[float]) -> None:
+        self.sum_rec, self.sum_distance, self.count = state[0], state[1], int(state[2])
+
+
+def latest_training_state(opt: dict[str, Any]) -> str | None:
+    """The newest complete ``<iter>.state`` of the run, or None."""
+    folder = opt['path'].get('training_states')
+    if not folder or not os.path.isdir(folder):
+        return None
+    iters = [int(f[:-6]) for f in os.listdir(folder) if f.endswith('.state') and f[:-6].isdigit()]
+    return os.path.join(folder, f'{max(iters)}.state') if iters else None
+
+
+@dataclasses.dataclass(frozen=True)
+class StepOptions:
+    """The ``mclir`` block's training-step options (README, "The mclir block")."""
+    amp_dtype: torch.dtype | None = None
+    neg_every: int = 1
+    neg_batch_fraction: float = 1.0
+    max_nonfinite_steps: int = 10
+    visualize: bool = True
+
+
+def read_step_options(mclir_opt: dict[str, Any]) -> StepOptions:
+    """The step options of the mclir block, with errors naming the key."""
     amp = mclir_opt.get('amp', 'none')
     if amp is None or amp is False:
         amp = 'none'
@@ -215,7 +385,13 @@ def read_cost_options(mclir_opt: dict[str, Any]) -> tuple[torch.dtype | None, in
     fraction = mclir_opt.get('neg_batch_fraction', 1.0)
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
         raise ValueError(f'mclir.neg_batch_fraction must be in (0, 1] (1 = the whole batch), got {fraction!r}.')
-    return AMP_DTYPES[amp], neg_every, float(fraction)
+    max_bad = mclir_opt.get('max_nonfinite_steps', 10)
+    if isinstance(max_bad, bool) or not isinstance(max_bad, int) or max_bad < 1:
+        raise ValueError(f'mclir.max_nonfinite_steps must be an integer >= 1, got {max_bad!r}.')
+    visualize = mclir_opt.get('visualize', True)
+    if not isinstance(visualize, bool):
+        raise ValueError(f'mclir.visualize must be true or false, got {visualize!r}.')
+    return StepOptions(AMP_DTYPES[amp], neg_every, float(fraction), max_bad, visualize)
 
 
 def build_negative_hook(opt: dict[str, Any]) -> HistoryNegativeHook:
