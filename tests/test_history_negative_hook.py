@@ -179,3 +179,30 @@ def test_unbuilt_hook_says_so():
 def test_bad_options(kwargs, match):
     with pytest.raises(ValueError, match=match):
         HistoryNegativeHook(**kwargs)
+
+
+def test_adaptive_refresh_round_robin_above_the_threshold():
+    net = small_net(0)
+    hook = HistoryNegativeHook(neg_iter=[5, 5, 5], neg_start=0, adaptive_threshold=0.5, adaptive_decay=0.25)
+    hook.build(net)
+    target = torch.zeros(2, 3, 4, 4)
+    calm = torch.full((2, 3, 4, 4), 0.1)  # no spread: 2 * (out - gt) is constant per sample
+    g = torch.Generator().manual_seed(0)
+    wild = torch.randn(2, 3, 4, 4, generator=g)  # std of 2 * (out - gt) is about 2 > 0.5
+    assert hook.adaptive_step(net, calm, target, 1) is None
+    expected = [params(neg) for neg in hook.negatives]
+    picked = []
+    for it in (2, 3, 4, 5):
+        perturb(net, it)
+        picked.append(hook.adaptive_step(net, wild, target, it))
+        i = picked[-1]
+        expected[i] = [e.mul(0.25).add_(p, alpha=0.75) for e, p in zip(expected[i], params(net))]
+    assert picked == [0, 1, 2, 0] and hook.adaptive_count == 4
+    for neg, exp in zip(hook.negatives, expected):
+        assert all(torch.equal(a, b) for a, b in zip(params(neg), exp))
+    assert hook.step(net, 5) == [] and hook.refresh_count == [2, 1, 1]  # the interval schedule is off
+    state = hook.state_dict()
+    other = HistoryNegativeHook(neg_iter=[5, 5, 5], adaptive_threshold=0.5)
+    other.build(small_net(1))
+    other.load_state_dict(state)
+    assert other.adaptive_count == 4 and other.adaptive_step(small_net(1), wild, target, 6) == 1

@@ -340,3 +340,16 @@ def test_ratio_outside_the_authors_range_warns(tmp_path, vgg16_file, monkeypatch
         model.feed_data(batch)
         model.optimize_parameters(it)
     assert len(messages) == 1 and 'outside the authors' in messages[0] and 'neg_weight 1e-06 -> about' in messages[0]
+
+
+def test_adaptive_refresh_runs_before_the_update(tmp_path, vgg16_file):
+    opt = make_opt(tmp_path, vgg16_file, neg_iter=[5, 5], neg_start=0.3)
+    opt['mclir']['hook'].update(adaptive_threshold=0.0, adaptive_decay=0.0)  # always refresh, as an exact copy
+    model = build_model(opt)
+    before = [p.clone() for p in model.net_g.parameters()]
+    model.feed_data(batches(1)[0])
+    model.optimize_parameters(1)
+    negative = list(model.negative_hook.negatives[0].parameters())
+    assert all(torch.equal(a, b) for a, b in zip(negative, before))  # the pre-step weights, as officially
+    assert not all(torch.equal(a, b) for a, b in zip(negative, model.net_g.parameters()))
+    assert model.negative_hook.refresh_count == [1, 0]

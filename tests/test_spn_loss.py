@@ -224,3 +224,21 @@ def test_same_loss_and_gradient_as_the_official_structure(vgg16_file, num_neg):
     (theirs[0] - theirs[1]).backward()
     assert torch.allclose(ours[0], theirs[0]) and torch.allclose(ours[1], theirs[1], rtol=1e-5)
     assert torch.allclose(x1.grad, x2.grad, rtol=1e-4, atol=1e-9)
+
+
+def test_uncertainty_weighting_weights_pixels_where_negatives_disagree(vgg16_file):
+    g = torch.Generator().manual_seed(3)
+    out, gt = torch.rand(1, 3, 8, 8, generator=g), torch.rand(1, 3, 8, 8, generator=g)
+    negs = out.expand(3, 1, 3, 8, 8).clone()
+    negs[..., :4] += torch.randn(3, 1, 3, 8, 4, generator=g)  # the negatives disagree on the left half only
+    loss = SPNLoss(neg_weight=0.0, vgg_weights=vgg16_file, uncertainty_weighting=True)
+    w = loss.uncertainty_weight(negs)
+    assert w.shape == (1, 1, 8, 8) and w[..., 4:].abs().max() < 1e-6 and w.mean().item() == pytest.approx(1.0)
+    spread = negs.std(0).mean(1, keepdim=True)
+    expected = (spread * (out - gt).abs()).sum() / (spread.sum() * 3)  # BasicSR: sum(w * l) / sum(w broadcast)
+    l_rec, _ = loss.terms(out, gt, negs)
+    assert l_rec.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert SPNLoss(neg_weight=0.0, vgg_weights=vgg16_file, uncertainty_weighting=True).uncertainty_weight(
+        negs[:1]) is None  # one negative has no spread
+    with pytest.raises(ValueError, match='uncertainty_weighting needs a per-pixel'):
+        SPNLoss(rec_loss='ssim', uncertainty_weighting=True, vgg_weights=vgg16_file)

@@ -105,6 +105,13 @@ class HistoryNegativeHook(Hook):
             the network the negatives copy, dotted for nested ones (``'net'``, ``'generator.backbone'``). ``None``
             copies the whole (unwrapped) ``runner.model``, which is wrong when it also holds a loss with VGG or a
             reference to this hook. Defaults to None.
+        adaptive_threshold: The official repository's adaptive variant (not in the paper): the interval schedule
+            is off, and whenever the error spread of the batch, ``s = mean_b std_{c,h,w}(2 (out - gt))`` (the
+            spread of the L2 gradient), exceeds this threshold, one negative is refreshed, round robin, with
+            ``adaptive_decay``. ``s`` is averaged over ranks first, so every rank refreshes the same negative.
+            MCLIRModel calls :meth:`adaptive_step` before backward, as the official code does. The official value
+            is 0.022. ``None`` keeps the interval schedule. Defaults to None.
+        adaptive_decay: Decay of an adaptive refresh (official: 0.001, about a copy). Defaults to 0.001.
     """
 
     priority = 'NORMAL'
@@ -118,7 +125,9 @@ class HistoryNegativeHook(Hook):
                  update_buffers: bool = True,
                  seed: int | None = None,
                  sync_check_interval: int = 0,
-                 module_key: str | None = None) -> None:
+                 module_key: str | None = None,
+                 adaptive_threshold: float | None = None,
+                 adaptive_decay: float = 0.001) -> None:
         neg_iter = list(neg_iter) if isinstance(neg_iter, (list, tuple)) else [neg_iter]
         if not neg_iter:
             raise ValueError('neg_iter is empty: give one refresh interval (iterations) per negative model.')
@@ -140,7 +149,15 @@ class HistoryNegativeHook(Hook):
         if module_key is not None and (not isinstance(module_key, str) or not module_key):
             raise ValueError(f"module_key must be an attribute name of runner.model such as 'net' (or None), "
                              f'got {module_key!r}.')
+        for name, value, low in (('adaptive_threshold', adaptive_threshold, 0), ('adaptive_decay', adaptive_decay, 0)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < low):
+                raise ValueError(f'{name} must be a number >= 0, got {value!r}.')
+        if not adaptive_decay < 1:
+            raise ValueError(f'adaptive_decay must be in [0, 1), got {adaptive_decay!r}.')
         num = len(neg_iter)
+        self.adaptive_threshold = None if adaptive_threshold is None else float(adaptive_threshold)
+        self.adaptive_decay = float(adaptive_decay)
+        self.adaptive_count = 0
         self.neg_iter = neg_iter
         self.neg_decay = [float(d) for d in decays]
         self.neg_start = float(neg_start)
@@ -223,7 +240,7 @@ class HistoryNegativeHook(Hook):
         net = unwrap(net)
         refreshed = []
         for i, (interval, decay) in enumerate(zip(self.intervals, self.decays)):
-            if current_iter % interval == 0:
+            if self.adaptive_threshold is None and current_iter % interval == 0:
                 self._blend(self.negatives[i], net, decay)
                 self.refresh_count[i] += 1
                 self.last_refresh_iter[i] = current_iter
@@ -231,6 +248,31 @@ class HistoryNegativeHook(Hook):
         if self.sync_check_interval and current_iter % self.sync_check_interval == 0:
             self.check_sync(current_iter)
         return refreshed
+
+    @property
+    def adaptive(self) -> bool:
+        return self.adaptive_threshold is not None
+
+    @torch.no_grad()
+    def adaptive_step(self, net: nn.Module, output: torch.Tensor, target: torch.Tensor,
+                      current_iter: int) -> int | None:
+        """The adaptive refresh (see ``adaptive_threshold``); returns the negative refreshed, or None."""
+        self._require_built()
+        residual = (2 * (output.detach() - target)).flatten(1).float()
+        spread = residual.std(dim=1).mean()
+        import torch.distributed as dist
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            spread = spread.cuda() if dist.get_backend() == 'nccl' else spread
+            dist.all_reduce(spread)
+            spread = spread / dist.get_world_size()
+        if spread.item() <= self.adaptive_threshold:
+            return None
+        index = self.adaptive_count % self.num_negatives
+        self._blend(self.negatives[index], unwrap(net), self.adaptive_decay)
+        self.adaptive_count += 1
+        self.refresh_count[index] += 1
+        self.last_refresh_iter[index] = current_iter
+        return index
 
     @torch.no_grad()
     def checksums(self) -> torch.Tensor:
@@ -278,6 +320,7 @@ class HistoryNegativeHook(Hook):
             'decays': list(self.decays),
             'refresh_count': list(self.refresh_count),
             'last_refresh_iter': list(self.last_refresh_iter),
+            'adaptive_count': self.adaptive_count,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -295,13 +338,18 @@ class HistoryNegativeHook(Hook):
             neg.requires_grad_(False).eval()
         self.refresh_count = list(state['refresh_count'])
         self.last_refresh_iter = list(state['last_refresh_iter'])
+        self.adaptive_count = int(state.get('adaptive_count', 0))
 
     def describe(self) -> str:
         """One line per negative: its schedule and counters, for logs."""
         lines = [f'{self.num_negatives} history negative(s), neg_start={self.neg_start}, pairing={self.pairing}, '
                  f'update_buffers={self.update_buffers}, seed={self.seed}:']
+        if self.adaptive:
+            lines.append(f'  adaptive refresh: one negative, round robin, with decay {self.adaptive_decay} when the '
+                         f'error spread exceeds {self.adaptive_threshold} ({self.adaptive_count} so far)')
         for i, (k, d) in enumerate(zip(self.intervals, self.decays)):
-            lines.append(f'  negative {i}: refreshed every {k} it with decay {d} '
+            schedule = 'adaptive' if self.adaptive else f'refreshed every {k} it with decay {d}'
+            lines.append(f'  negative {i}: {schedule} '
                          f'(refreshes so far {self.refresh_count[i]}, last at it {self.last_refresh_iter[i]})')
         return '\n'.join(lines)
 

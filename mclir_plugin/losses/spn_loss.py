@@ -71,6 +71,13 @@ class SPNLoss(nn.Module):
             section for when it is faster). Defaults to False.
         auto_ratio: Target ``lambda * D / R`` of ``neg_weight: auto``. Defaults to 0.05.
         auto_iters: Calibration iterations of ``neg_weight: auto``. Defaults to 100.
+        uncertainty_weighting: EXPERIMENTAL, not the paper's method. The journal extension of MCLIR describes an
+            "uncertainty-aware reconstruction loss" from the negatives' statistics but publishes no formula; this
+            is this plugin's guess at it. With N >= 2 negatives, the per-pixel spread
+            ``U = mean_c std_i(n_i)`` of their outputs weights the reconstruction term,
+            ``w = U / mean(U)`` (no gradient), ``L_rec = sum(w |out - gt|) / sum(w)`` (BasicSR's weighted
+            reduction): pixels on which the history disagrees count more. Needs the negatives, so it applies on
+            the steps that compute the negative term. Defaults to False.
     """
 
     def __init__(self,
@@ -86,7 +93,8 @@ class SPNLoss(nn.Module):
                  vgg_fallback: str = 'error',
                  channels_last: bool = False,
                  auto_ratio: float = 0.05,
-                 auto_iters: int = 100) -> None:
+                 auto_iters: int = 100,
+                 uncertainty_weighting: bool = False) -> None:
         super().__init__()
         self.auto_neg_weight = neg_weight == 'auto'
         if self.auto_neg_weight:
@@ -98,6 +106,10 @@ class SPNLoss(nn.Module):
         if isinstance(auto_iters, bool) or not isinstance(auto_iters, int) or auto_iters < 1:
             raise ValueError(f'SPNLoss: auto_iters must be an integer >= 1, got {auto_iters!r}.')
         self.auto_ratio, self.auto_iters = float(auto_ratio), auto_iters
+        if uncertainty_weighting and rec_loss == 'ssim':
+            raise ValueError('SPNLoss: uncertainty_weighting needs a per-pixel reconstruction loss (l1, charbonnier '
+                             'or mse), not ssim.')
+        self.uncertainty_weighting = bool(uncertainty_weighting)
         if rec_loss not in _REC_LOSSES:
             raise ValueError(f'SPNLoss: rec_loss must be one of {sorted(_REC_LOSSES)}, got {rec_loss!r}.')
         self.layer_weights = dict(DEFAULT_LAYER_WEIGHTS if layer_weights is None else layer_weights)
@@ -113,6 +125,14 @@ class SPNLoss(nn.Module):
                        weight: torch.Tensor | None = None) -> torch.Tensor:
         """The weighted reconstruction term ``loss_weight * rec_loss(pred, target)``."""
         return self.loss_weight * self.cri_rec(pred, target, weight)
+
+    def uncertainty_weight(self, negatives: torch.Tensor) -> torch.Tensor | None:
+        """``w = U / mean(U)``, ``U = mean_c std_i(n_i)``, shape (B, 1, H, W); None without the option or with N < 2."""
+        if not self.uncertainty_weighting or negatives.shape[0] < 2:
+            return None
+        with torch.no_grad():
+            spread = negatives.float().std(dim=0).mean(dim=1, keepdim=True)
+            return spread / spread.mean().clamp_min(1e-12)
 
     def negative_distance(self, pred: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
         """``(1/N) sum_i sum_l alpha_l mean|phi_l(pred) - phi_l(n_i)|`` for negatives of shape (N, *pred.shape)."""
@@ -151,6 +171,8 @@ class SPNLoss(nn.Module):
         if negatives.dim() != pred.dim() + 1 or negatives.shape[1:] != pred.shape or negatives.shape[0] == 0:
             raise ValueError(f'SPNLoss: negatives must have shape (N, {", ".join(map(str, pred.shape))}) with N >= 1, '
                              f'got {tuple(negatives.shape)}.')
+        if weight is None:
+            weight = self.uncertainty_weight(negatives)
         l_rec = self.reconstruction(pred, target, weight)
         if self.neg_weight == 0:
             return l_rec, pred.new_zeros(())

@@ -100,6 +100,8 @@ class MCLIRMixin:
         if not self._all_finite(l_total):
             return self._skip_nonfinite_step(current_iter, loss_dict)
         self.nonfinite_in_a_row = 0
+        if self.negative_hook.adaptive:  # the official adaptive variant refreshes before backward (pre-step weights)
+            self.negative_hook.adaptive_step(self.get_bare_model(self.net_g), self.output, self.gt, current_iter)
         self.grad_scaler.scale(l_total).backward()
         self.grad_scaler.step(self.optimizer_g)
         self.grad_scaler.update()
@@ -168,7 +170,10 @@ class MCLIRMixin:
             l_pix = self.cri_pix.reconstruction(self.output, self.gt)
             return l_pix, self.neg_every * self.cri_pix.negative_term(output, gt, negatives, lq=lq)
         negatives = self.negative_hook.forward_negatives(lq)
-        l_pix = self.cri_pix.reconstruction(self.output, self.gt)
+        if self.cri_pix.uncertainty_weighting and self.neg_batch_fraction == 1:
+            l_pix = self.cri_pix.reconstruction(self.output, self.gt, self.cri_pix.uncertainty_weight(negatives))
+        else:  # (with a batch fraction the negatives cover only part of the batch: no weighting)
+            l_pix = self.cri_pix.reconstruction(self.output, self.gt)
         if self.calibration is not None:  # neg_weight: auto, still measuring: the negative term is off
             with torch.no_grad():
                 self.calibration.add(l_pix, self.cri_pix.negative_distance(output, negatives))
