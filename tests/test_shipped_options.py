@@ -108,3 +108,11 @@ def test_trains_two_iterations_on_stand_in_data(name, tmp_path, torch_home_with_
     if name.endswith('_spn'):
         assert 'l_neg_ratio' in out and f"Model [MCLIR{opt['mclir']['base_model']}] is created." in out
     assert glob.glob(str(tmp_path / 'experiments' / opt['name'] / 'models' / 'net_g_2.pth'))
+
+
+@pytest.mark.parametrize('name', ['demo_cr', 'demo_infonce'])
+def test_peer_loss_demos_differ_from_the_spn_demo_only_in_pixel_opt(name):
+    peer, spn = load(name), load('demo_spn')
+    assert {k for k in set(peer) | set(spn) if peer.get(k) != spn.get(k)} == {'name', 'train'}
+    assert {k for k in spn['train'] if peer['train'].get(k) != spn['train'][k]} == {'pixel_opt'}
+    assert peer['train']['pixel_opt']['type'] in ('ContrastRatioLoss', 'InfoNCELoss')

@@ -242,3 +242,12 @@ def test_uncertainty_weighting_weights_pixels_where_negatives_disagree(vgg16_fil
         negs[:1]) is None  # one negative has no spread
     with pytest.raises(ValueError, match='uncertainty_weighting needs a per-pixel'):
         SPNLoss(rec_loss='ssim', uncertainty_weighting=True, vgg_weights=vgg16_file)
+
+
+def test_mean_abs_distance_gradient():
+    from mclir_plugin.losses.spn_loss import MeanAbsDistance
+    g = torch.Generator().manual_seed(0)
+    feats = torch.randn(2, 3, 4, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    negs = torch.randn(3, 2, 3, 4, 5, generator=g, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda f: MeanAbsDistance.apply(f, negs), (feats,))
+    assert torch.allclose(MeanAbsDistance.apply(feats, negs), (feats.unsqueeze(0) - negs).abs().mean())

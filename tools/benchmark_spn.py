@@ -11,12 +11,14 @@ For each N it times, interleaved (one step of each variant per round) after warm
                negative, each negative through VGG on its own;
   (c) plugin   ``MCLIRModel.optimize_parameters`` with the same options (and ``--amp``/``--channels-last``);
   (d) parts    what an SPN step cannot avoid: the N negative forwards alone, VGG forward+backward on the output,
-               VGG on the N negatives without gradients;
+               VGG on the N negatives without gradients (in the plugin step's precision, so with ``--amp``
+               too);
 
-then the ratios (c)/(a), (b)/(c) and (c)/((a)+(d)), and peak memory per variant (CUDA: max allocated; CPU: peak
-resident memory of a separate process per variant, with ``--memory``). VGG has random weights unless torchvision's
+then the ratios (c)/(a), (b)/(c) and (c)/((a)+(d)), and memory per variant: what autograd saves for backward in
+one step (exact, on every device), and the peak (CUDA: max allocated; CPU, with ``--memory``: sampled resident
+memory of a separate process per variant). VGG has random weights unless torchvision's
 ImageNet file is cached (the cost is the same). Timings on shared machines move by 10-20% between runs: compare
-ratios from one run only.
+ratios from one run only. CPU peak memory is sampled resident memory, so it includes allocator caching.
 """
 from __future__ import annotations
 
@@ -134,18 +136,41 @@ class Bench:
             self.plugin.optimize_parameters(self.it)
         elif variant == 'official':
             self.official(self.lq, self.gt, self.it)
-        elif variant == 'neg_forwards':
+        else:  # the parts, in the plugin step's precision
+            amp = self.plugin.amp_dtype
+            with torch.autocast(self.device.type, dtype=amp or torch.float32, enabled=bool(amp)):
+                self.part(variant)
+        if self.device.type == 'cuda':
+            torch.cuda.synchronize()
+
+    def part(self, variant: str) -> None:
+        if variant == 'neg_forwards':
             self.plugin.negative_hook.forward_negatives(self.lq)
         elif variant == 'vgg_out_fwd_bwd':
             out = self.gt.clone().requires_grad_(True)
             feats = self.plugin.cri_pix.vgg(out)
-            sum(f.mean() for f in feats.values()).backward()
+            sum(f.float().mean() for f in feats.values()).backward()
         elif variant == 'vgg_negatives':
             negs = self.gt.unsqueeze(0).expand(len(self.plugin.negative_hook.negatives), *self.gt.shape)
-            with torch.no_grad():
+            with torch.inference_mode():
                 self.plugin.cri_pix.vgg(negs.flatten(0, 1))
-        if self.device.type == 'cuda':
-            torch.cuda.synchronize()
+
+
+def saved_for_backward_mib(bench: Bench, variant: str) -> float:
+    """Memory autograd keeps for backward during one step of ``variant`` (distinct storages), in MiB.
+
+    Deterministic, unlike sampled resident memory: the activations a step holds are what sets its peak.
+    """
+    storages: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        bench.step(variant)
+    return sum(storages.values()) / 2 ** 20
 
 
 def timed(bench: Bench, variant: str) -> float:
@@ -165,15 +190,32 @@ def cpu_peak_memory(args, num_neg: int, variant: str) -> float:
     return float(out.strip().splitlines()[-1])
 
 
+def resident_mib() -> float:
+    """This process's resident memory now (Linux ``/proc/self/statm``), in MiB."""
+    with open('/proc/self/statm') as f:
+        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2 ** 20
+
+
 def probe_memory(args) -> None:
-    """--only: build, note RSS, run 3 steps of one variant, print the peak RSS increase in MiB."""
-    import resource
+    """--only: build, then sample the resident memory every millisecond during 3 steps of one variant and print the
+    peak increase over the memory held before them (the networks, VGG and negatives), in MiB."""
+    import threading
     with tempfile.TemporaryDirectory() as root:
         bench = Bench(args, args.negatives[0], root)
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        before, peak, running = resident_mib(), [0.0], [True]
+
+        def sample() -> None:
+            while running[0]:
+                peak[0] = max(peak[0], resident_mib())
+                time.sleep(0.001)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
         for _ in range(3):
             bench.step(args.only)
-        print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+        running[0] = False
+        sampler.join()
+        print(max(0.0, peak[0] - before))
 
 
 def main(argv=None) -> None:
@@ -195,6 +237,7 @@ def main(argv=None) -> None:
                     t = timed(bench, variant)
                     if round_ >= args.warmup:
                         times[variant].append(t)
+            saved = {v: saved_for_backward_mib(bench, v) for v in ('plain', 'official', 'plugin')}
         med = {v: statistics.median(ts) * 1e3 for v, ts in times.items()}
         parts = med['neg_forwards'] + med['vgg_out_fwd_bwd'] + med['vgg_negatives']
         memory = {}
@@ -207,7 +250,8 @@ def main(argv=None) -> None:
             memory = {v: cpu_peak_memory(args, num_neg, v) for v in ('plain', 'official', 'plugin')}
         print(f'\nN = {num_neg}: median ms per step (IQR-free medians of {args.steps})')
         for variant in VARIANTS:
-            mem = f'   peak +{memory[variant]:.0f} MiB' if variant in memory else ''
+            mem = f'   saved for backward {saved[variant]:6.1f} MiB' if variant in saved else ''
+            mem += f'   peak +{memory[variant]:.0f} MiB' if variant in memory else ''
             print(f'  {variant:16s} {med[variant]:9.1f}{mem}')
         print(f'  (c)/(a)      plugin / plain            {med["plugin"] / med["plain"]:.2f}x')
         print(f'  (b)/(c)      official / plugin         {med["official"] / med["plugin"]:.2f}x')

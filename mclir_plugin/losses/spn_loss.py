@@ -46,6 +46,32 @@ NO_NEGATIVES_MESSAGE = (
     'as `base_model` (README, "Turn a BasicSR option file into an SPN one").')
 
 
+class MeanAbsDistance(torch.autograd.Function):
+    """``mean_{i,b,c,h,w} |f - n_i|`` for features ``f`` (B, C, H, W) and constant negatives ``n`` (N, B, C, H, W).
+
+    The mean over (N, B, C, H, W) equals the mean over i of the per-negative L1 means. Written as a function so that
+    backward keeps only ``f`` and ``n`` (which exist anyway) rather than N differences of the size of ``f``, as
+    autograd through ``abs`` would: ``d/df = sum_i sign(f - n_i) / numel(n)``, computed one negative at a time.
+    """
+
+    @staticmethod
+    def forward(ctx, feats: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(feats, negatives)
+        acc = torch.promote_types(feats.dtype, torch.float32)  # bf16/fp16 features: accumulate in fp32
+        total = feats.new_zeros((), dtype=acc)
+        for neg in negatives:
+            total = total + (feats - neg).abs().sum(dtype=acc)
+        return (total / negatives.numel()).to(feats.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        feats, negatives = ctx.saved_tensors
+        grad = torch.zeros_like(feats)
+        for neg in negatives:
+            grad += torch.sign(feats - neg)
+        return grad * (grad_output / negatives.numel()), None
+
+
 @LOSS_REGISTRY.register()
 class SPNLoss(nn.Module):
     """Self-Prior guided Negative loss: reconstruction minus a weighted VGG distance to history negatives.
@@ -138,14 +164,14 @@ class SPNLoss(nn.Module):
         """``(1/N) sum_i sum_l alpha_l mean|phi_l(pred) - phi_l(n_i)|`` for negatives of shape (N, *pred.shape)."""
         num_neg = negatives.shape[0]
         feats = self.vgg(pred)
-        with torch.inference_mode():  # never part of the graph; inference tensors are cheaper than no_grad ones
+        with torch.no_grad():  # constants of the graph (not inference tensors: MeanAbsDistance saves them)
             neg_feats = self.vgg(negatives.detach().flatten(0, 1))
         distance = pred.new_zeros(())
         for layer, alpha in self.layer_weights.items():
             neg = neg_feats[layer].unflatten(0, (num_neg, pred.shape[0]))
-            # the mean over (N, B, C, H, W) equals the mean over i of the per-negative L1 means
-            distance = distance + alpha * (feats[layer].unsqueeze(0) - neg).abs().mean()
+            distance = distance + alpha * MeanAbsDistance.apply(feats[layer], neg)
         return distance
+
 
     def terms(self,
               pred: torch.Tensor,
