@@ -25,8 +25,15 @@ setup(
         'einops',
         'pyyaml',
         'setuptools',     # basicsr imports distutils, gone from Python 3.12's standard library
+        'matplotlib',     # tools/compare.py and tools/ablate.py plots
+        'tqdm',
     ],
     extras_require={'test': ['pytest>=7']},
-    entry_points={'console_scripts': ['mclir-train=mclir_plugin.train:main', 'mclir-test=mclir_plugin.test:main']},
+    entry_points={'console_scripts': [
+        'mclir-train=mclir_plugin.train:main',
+        'mclir-test=mclir_plugin.test:main',
+        'mclir-compare=mclir_plugin.compare:main',
+        'mclir-ablate=mclir_plugin.ablate:main',
+    ]},
     license='Apache-2.0',
 )
