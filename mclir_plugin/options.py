@@ -6,6 +6,25 @@ import inspect
 from typing import Any, Callable, Iterable, Mapping
 
 
+OPTION_FILE: str | None = None  # the -opt file of this process, set by the entry points (tools/train.py, ...)
+
+
+def remember_option_file(argv: list[str]) -> None:
+    """Note the ``-opt`` argument of ``argv`` so that option errors can name the file."""
+    global OPTION_FILE
+    for flag, value in zip(argv, argv[1:]):
+        if flag == '-opt':
+            OPTION_FILE = value
+
+
+def naming_the_file(err: Exception) -> Exception:
+    """``err`` again with `` (option file: <path>)`` appended, when the entry point knows the file."""
+    message = str(err.args[0]) if err.args else str(err)
+    if OPTION_FILE is None or OPTION_FILE in message:
+        return err
+    return type(err)(f'{message} (option file: {OPTION_FILE})')
+
+
 def check_keys(given: Mapping[str, Any], allowed: Iterable[str], where: str) -> None:
     """Raise ``KeyError`` for a key of ``given`` that is not in ``allowed``, with a "did you mean" hint.
 

@@ -8,15 +8,18 @@ relative dataset paths and ``--auto_resume`` all resolve against it.
 from __future__ import annotations
 
 import os
+import sys
 
 import mclir_plugin  # noqa: F401  (compat shim and registration, before basicsr's pipeline)
 from mclir_plugin.compat import normalise_local_rank_argv
+from mclir_plugin.options import remember_option_file
 
 
 def main(root_path: str | None = None) -> None:
     """Run BasicSR's training pipeline on the options named by ``-opt`` in ``sys.argv``."""
     from basicsr.train import train_pipeline
     normalise_local_rank_argv()
+    remember_option_file(sys.argv)
     train_pipeline(os.path.abspath(root_path or os.getcwd()))
 
 

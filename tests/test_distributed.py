@@ -92,3 +92,31 @@ def test_sync_check_detects_a_difference(tmp_path):
             assert all('Negative models differ across ranks at iteration 1' in results[r] for r in (0, 1))
         else:
             assert dict(results) == {0: 'agree', 1: 'agree'}
+
+
+def _adaptive_worker(rank: int, init_file: str, threshold: float, results) -> None:
+    import torch.distributed as dist
+    from torch import nn
+
+    from mclir_plugin import HistoryNegativeHook
+    dist.init_process_group('gloo', init_method=f'file://{init_file}', rank=rank, world_size=2)
+    try:
+        torch.manual_seed(0)
+        net = nn.Conv2d(3, 3, 1)
+        hook = HistoryNegativeHook(neg_iter=[1, 1], neg_start=0, adaptive_threshold=threshold)
+        hook.build(net)
+        target = torch.zeros(2, 3, 4, 4)
+        # rank 0 sees a wild batch (spread about 2), rank 1 a calm one (spread 0): only the mean over ranks counts
+        output = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(1)) if rank == 0 else target + 0.1
+        results[rank] = hook.adaptive_step(net, output, target, 1)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_adaptive_refresh_decision_is_shared_by_the_ranks(tmp_path):
+    import torch.multiprocessing as mp
+    for threshold, expected in ((0.5, 0), (1.5, None)):  # rank 1 alone would never refresh, rank 0 alone always
+        manager = mp.Manager()
+        results = manager.dict()
+        mp.spawn(_adaptive_worker, args=(str(tmp_path / f'init{threshold}'), threshold, results), nprocs=2)
+        assert dict(results) == {0: expected, 1: expected}

@@ -86,3 +86,11 @@ def test_local_rank_dash_flag_is_accepted(swinir_run):
     assert result.returncode == 0, result.stderr[-3000:]
 
 
+
+
+def test_option_errors_name_the_key_and_the_file(swinir_run):
+    cwd, opt_file = swinir_run
+    result = train(cwd, opt_file, overrides=CPU_OVERRIDES + ['mclir:hook:neg_decya=0.1'])
+    assert result.returncode != 0
+    assert "Unknown option 'neg_decya' in mclir.hook. Did you mean 'neg_decay'?" in result.stderr
+    assert f'(option file: {opt_file})' in result.stderr and 'Start training' not in result.stdout + result.stderr

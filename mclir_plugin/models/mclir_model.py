@@ -39,7 +39,7 @@ from mclir_plugin.checkpoint import atomic_torch_save
 from mclir_plugin.hooks.history_negative_hook import HistoryNegativeHook
 from mclir_plugin.losses.contrastive_base import NegativeContrastLoss
 from mclir_plugin.losses.spn_loss import SPNLoss
-from mclir_plugin.options import check_call_kwargs, check_keys
+from mclir_plugin.options import check_call_kwargs, check_keys, naming_the_file
 from mclir_plugin.resume import PROGRESS, preserved_rng, schedule_resume
 
 MCLIR_KEYS = ('base_model', 'hook', 'amp', 'neg_every', 'neg_batch_fraction', 'max_nonfinite_steps', 'visualize')
@@ -445,7 +445,17 @@ def mclir_class(base: type) -> type:
 
 @MODEL_REGISTRY.register()
 def MCLIRModel(opt: dict[str, Any]):  # noqa: N802  (a model type name, as the option file spells it)
-    """Build ``mclir.base_model`` (default ``SRModel``) extended with history negatives and SPN training."""
+    """Build ``mclir.base_model`` (default ``SRModel``) extended with history negatives and SPN training.
+
+    Option errors (unknown keys, bad values) name the key and, when run through ``tools/train.py``, the file.
+    """
+    try:
+        return _build_mclir_model(opt)
+    except (KeyError, ValueError, TypeError) as err:
+        raise naming_the_file(err) from err
+
+
+def _build_mclir_model(opt: dict[str, Any]):
     mclir_opt = opt.get('mclir')
     if mclir_opt is None:
         mclir_opt = opt['mclir'] = {}
