@@ -84,7 +84,9 @@ def test_follows_official_step_order(tmp_path, vgg16_file):
         assert loss == pytest.approx(ref_loss, rel=1e-4, abs=1e-7)
         for neg, ref in zip(negs, ref_negs):
             for p, q in zip(neg, ref):
-                assert torch.allclose(p, q, rtol=1e-4, atol=1e-6)
+                # Adam amplifies the last-bit differences of summation order (VGG once vs per negative);
+                # a wrong order or pairing moves weights by ~1e-2
+                assert torch.allclose(p, q, rtol=1e-3, atol=2e-5)
     assert ours[2][0][1] > 0  # the negative term is live (negatives lag behind after the first step)
 
 

@@ -63,7 +63,8 @@ def test_runner_trains_saves_and_resumes_the_negatives_exactly(example, tmp_path
     with trusted_mmengine_checkpoints():
         saved = torch.load(ckpt2)  # ... and load weights-only inside it
     assert saved['mclir']['refresh_count'] == [2, 0] and saved['mclir']['last_refresh_iter'] == [2, 0]
-    assert set(saved['mclir']) == {'negatives', 'intervals', 'decays', 'refresh_count', 'last_refresh_iter'}
+    assert set(saved['mclir']) == {'negatives', 'intervals', 'decays', 'refresh_count', 'last_refresh_iter',
+                                   'adaptive_count'}
 
     # resume from iteration 2 and train to 4: the negatives are read before they exist, set after before_train
     resumed, hook_b = run(example, tmp_path / 'b', 'resumed', iters=4, resume=True, load_from=str(ckpt2))
