@@ -12,7 +12,9 @@ For each N it times, interleaved (one step of each variant per round) after warm
   (c) plugin   ``MCLIRModel.optimize_parameters`` with the same options (and ``--amp``/``--channels-last``);
   (d) parts    what an SPN step cannot avoid: the N negative forwards alone, VGG forward+backward on the output,
                VGG on the N negatives without gradients (in the plugin step's precision, so with ``--amp``
-               too);
+               too); the negative forwards use the hook's ``fast_forward`` (cached attention biases and masks)
+               and ``channels_last``, and ``neg_forwards_eager`` times the same forwards without either, for
+               comparison (not part of (d));
 
 then the ratios (c)/(a), (b)/(c) and (c)/((a)+(d)), and memory per variant: what autograd saves for backward in
 one step (exact, on every device), and the peak (CUDA: max allocated; CPU, with ``--memory``: sampled resident
@@ -36,6 +38,7 @@ import torch
 import yaml
 from basicsr.models import build_model
 
+from mclir_plugin.hooks.negative_fast_path import restore_eager
 from mclir_plugin.reference import OfficialStep
 
 ARCHS = {
@@ -46,7 +49,8 @@ ARCHS = {
                        img_range=255., rgb_mean=[0.4488, 0.4371, 0.4040]),
 }
 BASE_MODELS = {'SwinIR': 'SwinIRModel'}
-VARIANTS = ('plain', 'official', 'plugin', 'neg_forwards', 'vgg_out_fwd_bwd', 'vgg_negatives')
+VARIANTS = ('plain', 'official', 'plugin', 'neg_forwards', 'vgg_out_fwd_bwd', 'vgg_negatives', 'neg_forwards_eager')
+PARTS = ('neg_forwards', 'vgg_out_fwd_bwd', 'vgg_negatives')
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -63,7 +67,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch\'s)')
     parser.add_argument('--amp', choices=['none', 'bf16', 'fp16'], default='none', help='the plugin step\'s amp')
-    parser.add_argument('--channels-last', action='store_true', help='the plugin step\'s channels_last option')
+    parser.add_argument('--channels-last', action='store_true', help='the plugin step\'s channels_last option (VGG)')
+    parser.add_argument('--neg-channels-last', choices=['auto', 'true', 'false'], default='auto',
+                        help='the hook\'s channels_last option (the negatives). Default: auto (on CPU only)')
     parser.add_argument('--memory', action='store_true', help='CPU: also measure peak memory (one process each)')
     parser.add_argument('--only', choices=VARIANTS, help=argparse.SUPPRESS)  # memory probe of one variant
     return parser.parse_args(argv)
@@ -83,7 +89,7 @@ def network_and_scale(args) -> tuple[dict, int, str, dict]:
 
 
 def model_opt(network_g: dict, scale: int, base: str, pixel: dict, num_neg: int, device: str, spn: bool,
-              amp: str, channels_last: bool, root: str) -> dict:
+              amp: str, channels_last: bool, root: str, neg_channels_last: str = 'auto') -> dict:
     paths = {k: os.path.join(root, k) for k in ('models', 'training_states', 'log', 'visualization')}
     opt = {'name': 'bench', 'model_type': 'MCLIRModel' if spn else base, 'scale': scale,
            'num_gpu': 1 if device == 'cuda' else 0, 'manual_seed': 0, 'is_train': True, 'dist': False, 'rank': 0,
@@ -97,7 +103,8 @@ def model_opt(network_g: dict, scale: int, base: str, pixel: dict, num_neg: int,
     if spn:
         opt['mclir'] = {'base_model': base, 'amp': amp,
                         'hook': {'neg_iter': [100, 200, 500, 1000][:num_neg] + [1000] * max(0, num_neg - 4),
-                                 'neg_decay': 0.1, 'neg_start': 0.1}}
+                                 'neg_decay': 0.1, 'neg_start': 0.1,
+                                 'channels_last': {'true': True, 'false': False}.get(neg_channels_last, 'auto')}}
     return opt
 
 
@@ -115,11 +122,15 @@ class Bench:
         self.plain = build_model(model_opt(network_g, scale, base, pixel, num_neg, args.device, False, 'none', False,
                                            root))
         self.plugin = build_model(model_opt(network_g, scale, base, pixel, num_neg, args.device, True, args.amp,
-                                            args.channels_last, root))
+                                            args.channels_last, root, args.neg_channels_last))
         # the official step trains its own copy of the plugin's network, with its own frozen copies as negatives
         spn = self.plugin.cri_pix
         net = copy.deepcopy(self.plugin.get_bare_model(self.plugin.net_g)).train()
         negs = [copy.deepcopy(n) for n in self.plugin.negative_hook.negatives]
+        for neg in negs:  # the official negatives: their class's own forward, the default memory layout
+            restore_eager(neg)
+            neg.to(memory_format=torch.contiguous_format)
+        self.eager_negatives = negs
         self.official = OfficialStep(net, negs, torch.optim.Adam(net.parameters(), lr=2e-4, betas=(0.9, 0.99)),
                                      copy.deepcopy(spn.vgg), spn.layer_weights, spn.neg_weight,
                                      self.plugin.negative_hook.neg_iter, self.plugin.negative_hook.neg_decay)
@@ -146,6 +157,9 @@ class Bench:
     def part(self, variant: str) -> None:
         if variant == 'neg_forwards':
             self.plugin.negative_hook.forward_negatives(self.lq)
+        elif variant == 'neg_forwards_eager':  # the same, without the hook's fast_forward (for comparison)
+            with torch.inference_mode():
+                torch.stack([neg(self.lq) for neg in self.eager_negatives])
         elif variant == 'vgg_out_fwd_bwd':
             out = self.gt.clone().requires_grad_(True)
             feats = self.plugin.cri_pix.vgg(out)
@@ -185,6 +199,7 @@ def cpu_peak_memory(args, num_neg: int, variant: str) -> float:
             '--patch', str(args.patch), '--batch', str(args.batch), '--device', 'cpu', '--amp', args.amp]
     argv += ['-opt', args.opt] if args.opt else ['--arch', args.arch]
     argv += ['--channels-last'] if args.channels_last else []
+    argv += ['--neg-channels-last', args.neg_channels_last]
     argv += ['--threads', str(args.threads)] if args.threads else []
     out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
     return float(out.strip().splitlines()[-1])
@@ -227,7 +242,8 @@ def main(argv=None) -> None:
     network_g, scale, base, _ = network_and_scale(args)
     print(f'# SPN step benchmark: {network_g["type"]} ({base}), x{scale}, output patch {args.patch}, batch '
           f'{args.batch}, device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads, '
-          f'plugin amp={args.amp} channels_last={args.channels_last}, {args.steps} rounds after {args.warmup}')
+          f'plugin amp={args.amp} channels_last={args.channels_last} (VGG), {args.neg_channels_last} (negatives), '
+          f'{args.steps} rounds after {args.warmup}')
     for num_neg in args.negatives:
         with tempfile.TemporaryDirectory() as root:
             bench = Bench(args, num_neg, root)
@@ -239,7 +255,7 @@ def main(argv=None) -> None:
                         times[variant].append(t)
             saved = {v: saved_for_backward_mib(bench, v) for v in ('plain', 'official', 'plugin')}
         med = {v: statistics.median(ts) * 1e3 for v, ts in times.items()}
-        parts = med['neg_forwards'] + med['vgg_out_fwd_bwd'] + med['vgg_negatives']
+        parts = sum(med[v] for v in PARTS)
         memory = {}
         if args.device == 'cuda':
             for variant in ('plain', 'official', 'plugin'):

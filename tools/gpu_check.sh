@@ -18,6 +18,8 @@ bench --arch swinir_light --patch 256 --batch 8 --negatives 4 --amp fp16 --chann
 if [ -f mclir_plugin/archs/dehazeformer_arch.py ]; then
   bench -opt options/dehazeformer_t_spn.yml --patch 256 --batch 8 --negatives 4
   bench -opt options/dehazeformer_t_spn.yml --patch 256 --batch 8 --negatives 4 --amp bf16
+  # the negatives in channels-last ('auto' keeps them in the default layout on CUDA): is it worth turning on?
+  bench -opt options/dehazeformer_t_spn.yml --patch 256 --batch 8 --negatives 4 --amp bf16 --neg-channels-last true
 fi
 # one real training run on the GPU through torchrun (nccl), with bf16 autocast, on the built-in demo data
 tmp=$(mktemp -d)
