@@ -9,7 +9,7 @@ For each N it times, interleaved (one step of each variant per round) after warm
   (a) plain    the base BasicSR model's own step with L1 (``SRModel.optimize_parameters``);
   (b) official a re-implementation of the official step (``mclir_plugin.reference``): VGG on the output once per
                negative, each negative through VGG on its own;
-  (c) plugin   ``MCLIRModel.optimize_parameters`` with the same options (and ``--amp``/``--channels-last``);
+  (c) plugin   ``MCLIRModel.optimize_parameters`` with the same options (and ``--amp``, ``--vgg-channels-last``);
   (d) parts    what an SPN step cannot avoid: the N negative forwards alone, VGG forward+backward on the output,
                VGG on the N negatives without gradients (in the plugin step's precision, so with ``--amp``
                too); the negative forwards use the hook's ``fast_forward`` (cached attention biases and masks)
@@ -17,10 +17,10 @@ For each N it times, interleaved (one step of each variant per round) after warm
                comparison (not part of (d));
 
 then the ratios (c)/(a), (b)/(c) and (c)/((a)+(d)), and memory per variant: what autograd saves for backward in
-one step (exact, on every device), and the peak (CUDA: max allocated; CPU, with ``--memory``: sampled resident
-memory of a separate process per variant). VGG has random weights unless torchvision's
+one step (exact, on every device), and the peak (CUDA: max allocated; CPU, with ``--memory``: the peak of the
+tensors live during one step, from the profiler's memory timeline). VGG has random weights unless torchvision's
 ImageNet file is cached (the cost is the same). Timings on shared machines move by 10-20% between runs: compare
-ratios from one run only. CPU peak memory is sampled resident memory, so it includes allocator caching.
+ratios from one run only. Resident memory is not reported: on CPU the C allocator's caching dominates it.
 """
 from __future__ import annotations
 
@@ -28,8 +28,6 @@ import argparse
 import copy
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 
@@ -50,6 +48,7 @@ ARCHS = {
 }
 BASE_MODELS = {'SwinIR': 'SwinIRModel'}
 VARIANTS = ('plain', 'official', 'plugin', 'neg_forwards', 'vgg_out_fwd_bwd', 'vgg_negatives', 'neg_forwards_eager')
+LAYOUTS = {'auto': 'auto', 'true': True, 'false': False}  # the channels_last options
 PARTS = ('neg_forwards', 'vgg_out_fwd_bwd', 'vgg_negatives')
 
 
@@ -67,11 +66,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch\'s)')
     parser.add_argument('--amp', choices=['none', 'bf16', 'fp16'], default='none', help='the plugin step\'s amp')
-    parser.add_argument('--channels-last', action='store_true', help='the plugin step\'s channels_last option (VGG)')
-    parser.add_argument('--neg-channels-last', choices=['auto', 'true', 'false'], default='auto',
+    parser.add_argument('--vgg-channels-last', choices=LAYOUTS, default='auto',
+                        help='SPNLoss\'s channels_last option (VGG). Default: auto (on CPU only)')
+    parser.add_argument('--neg-channels-last', choices=LAYOUTS, default='auto',
                         help='the hook\'s channels_last option (the negatives). Default: auto (on CPU only)')
-    parser.add_argument('--memory', action='store_true', help='CPU: also measure peak memory (one process each)')
-    parser.add_argument('--only', choices=VARIANTS, help=argparse.SUPPRESS)  # memory probe of one variant
+    parser.add_argument('--memory', action='store_true', help='CPU: also measure the peak tensor memory of a step')
     return parser.parse_args(argv)
 
 
@@ -89,7 +88,7 @@ def network_and_scale(args) -> tuple[dict, int, str, dict]:
 
 
 def model_opt(network_g: dict, scale: int, base: str, pixel: dict, num_neg: int, device: str, spn: bool,
-              amp: str, channels_last: bool, root: str, neg_channels_last: str = 'auto') -> dict:
+              amp: str, root: str, vgg_channels_last: str = 'auto', neg_channels_last: str = 'auto') -> dict:
     paths = {k: os.path.join(root, k) for k in ('models', 'training_states', 'log', 'visualization')}
     opt = {'name': 'bench', 'model_type': 'MCLIRModel' if spn else base, 'scale': scale,
            'num_gpu': 1 if device == 'cuda' else 0, 'manual_seed': 0, 'is_train': True, 'dist': False, 'rank': 0,
@@ -98,13 +97,13 @@ def model_opt(network_g: dict, scale: int, base: str, pixel: dict, num_neg: int,
                     'experiments_root': root, **paths},
            'train': {'ema_decay': 0, 'optim_g': {'type': 'Adam', 'lr': 2e-4, 'betas': [0.9, 0.99]},
                      'scheduler': {'type': 'MultiStepLR', 'milestones': [10 ** 9], 'gamma': 0.5},
-                     'pixel_opt': dict(pixel, channels_last=channels_last) if spn else
+                     'pixel_opt': dict(pixel, channels_last=LAYOUTS[vgg_channels_last]) if spn else
                      {'type': 'L1Loss', 'loss_weight': 1.0}}}
     if spn:
         opt['mclir'] = {'base_model': base, 'amp': amp,
                         'hook': {'neg_iter': [100, 200, 500, 1000][:num_neg] + [1000] * max(0, num_neg - 4),
                                  'neg_decay': 0.1, 'neg_start': 0.1,
-                                 'channels_last': {'true': True, 'false': False}.get(neg_channels_last, 'auto')}}
+                                 'channels_last': LAYOUTS[neg_channels_last]}}
     return opt
 
 
@@ -119,10 +118,9 @@ class Bench:
         lq_side = args.patch // scale
         self.lq = torch.rand(args.batch, 3, lq_side, lq_side, generator=g).to(self.device)
         self.gt = torch.rand(args.batch, 3, lq_side * scale, lq_side * scale, generator=g).to(self.device)
-        self.plain = build_model(model_opt(network_g, scale, base, pixel, num_neg, args.device, False, 'none', False,
-                                           root))
-        self.plugin = build_model(model_opt(network_g, scale, base, pixel, num_neg, args.device, True, args.amp,
-                                            args.channels_last, root, args.neg_channels_last))
+        self.plain = build_model(model_opt(network_g, scale, base, pixel, num_neg, args.device, False, 'none', root))
+        self.plugin = build_model(model_opt(network_g, scale, base, pixel, num_neg, args.device, True, args.amp, root,
+                                            args.vgg_channels_last, args.neg_channels_last))
         # the official step trains its own copy of the plugin's network, with its own frozen copies as negatives
         spn = self.plugin.cri_pix
         net = copy.deepcopy(self.plugin.get_bare_model(self.plugin.net_g)).train()
@@ -131,8 +129,10 @@ class Bench:
             restore_eager(neg)
             neg.to(memory_format=torch.contiguous_format)
         self.eager_negatives = negs
+        official_vgg = copy.deepcopy(spn.vgg)  # the official code runs VGG in the default layout
+        official_vgg.channels_last = False
         self.official = OfficialStep(net, negs, torch.optim.Adam(net.parameters(), lr=2e-4, betas=(0.9, 0.99)),
-                                     copy.deepcopy(spn.vgg), spn.layer_weights, spn.neg_weight,
+                                     official_vgg, spn.layer_weights, spn.neg_weight,
                                      self.plugin.negative_hook.neg_iter, self.plugin.negative_hook.neg_decay)
         self.it = 0
 
@@ -193,56 +193,31 @@ def timed(bench: Bench, variant: str) -> float:
     return time.perf_counter() - start
 
 
-def cpu_peak_memory(args, num_neg: int, variant: str) -> float:
-    """Peak resident memory (MiB) added by a few steps of one variant, in a fresh process."""
-    argv = [sys.executable, os.path.abspath(__file__), '--only', variant, '--negatives', str(num_neg),
-            '--patch', str(args.patch), '--batch', str(args.batch), '--device', 'cpu', '--amp', args.amp]
-    argv += ['-opt', args.opt] if args.opt else ['--arch', args.arch]
-    argv += ['--channels-last'] if args.channels_last else []
-    argv += ['--neg-channels-last', args.neg_channels_last]
-    argv += ['--threads', str(args.threads)] if args.threads else []
-    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
-    return float(out.strip().splitlines()[-1])
+def cpu_tensor_peak_mib(bench: Bench, variant: str) -> float:
+    """Peak of the tensor memory live during one step of ``variant`` on CPU, in MiB, from the profiler's memory
+    timeline: every allocation and free of the tensors the step touches (its parameters, optimiser state, inputs,
+    activations, temporaries), not the process's resident memory, which the C allocator's caching dominates."""
+    import json
 
-
-def resident_mib() -> float:
-    """This process's resident memory now (Linux ``/proc/self/statm``), in MiB."""
-    with open('/proc/self/statm') as f:
-        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2 ** 20
-
-
-def probe_memory(args) -> None:
-    """--only: build, then sample the resident memory every millisecond during 3 steps of one variant and print the
-    peak increase over the memory held before them (the networks, VGG and negatives), in MiB."""
-    import threading
-    with tempfile.TemporaryDirectory() as root:
-        bench = Bench(args, args.negatives[0], root)
-        before, peak, running = resident_mib(), [0.0], [True]
-
-        def sample() -> None:
-            while running[0]:
-                peak[0] = max(peak[0], resident_mib())
-                time.sleep(0.001)
-
-        sampler = threading.Thread(target=sample)
-        sampler.start()
-        for _ in range(3):
-            bench.step(args.only)
-        running[0] = False
-        sampler.join()
-        print(max(0.0, peak[0] - before))
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
+        bench.step(variant)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, 'timeline.json')
+        prof.export_memory_timeline(path, device='cpu')
+        with open(path) as f:
+            _, sizes = json.load(f)
+    return max(sum(by_category) for by_category in sizes) / 2 ** 20
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.only:
-        return probe_memory(args)
     network_g, scale, base, _ = network_and_scale(args)
     print(f'# SPN step benchmark: {network_g["type"]} ({base}), x{scale}, output patch {args.patch}, batch '
           f'{args.batch}, device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads, '
-          f'plugin amp={args.amp} channels_last={args.channels_last} (VGG), {args.neg_channels_last} (negatives), '
+          f'plugin amp={args.amp}, channels_last {args.vgg_channels_last} (VGG) {args.neg_channels_last} (negatives), '
           f'{args.steps} rounds after {args.warmup}')
     for num_neg in args.negatives:
         with tempfile.TemporaryDirectory() as root:
@@ -263,11 +238,11 @@ def main(argv=None) -> None:
                 bench.step(variant)
                 memory[variant] = torch.cuda.max_memory_allocated() / 2 ** 20
         elif args.memory:
-            memory = {v: cpu_peak_memory(args, num_neg, v) for v in ('plain', 'official', 'plugin')}
+            memory = {v: cpu_tensor_peak_mib(bench, v) for v in ('plain', 'official', 'plugin')}
         print(f'\nN = {num_neg}: median ms per step (IQR-free medians of {args.steps})')
         for variant in VARIANTS:
             mem = f'   saved for backward {saved[variant]:6.1f} MiB' if variant in saved else ''
-            mem += f'   peak +{memory[variant]:.0f} MiB' if variant in memory else ''
+            mem += f'   peak {memory[variant]:6.1f} MiB' if variant in memory else ''
             print(f'  {variant:16s} {med[variant]:9.1f}{mem}')
         print(f'  (c)/(a)      plugin / plain            {med["plugin"] / med["plain"]:.2f}x')
         print(f'  (b)/(c)      official / plugin         {med["official"] / med["plugin"]:.2f}x')

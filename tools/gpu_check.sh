@@ -14,7 +14,9 @@ PYEOF
 bench() { "$PY" tools/benchmark_spn.py --device cuda --steps 20 --warmup 5 "$@"; }
 bench --arch swinir_light --patch 256 --batch 8 --negatives 1 4
 bench --arch swinir_light --patch 256 --batch 8 --negatives 4 --amp bf16
-bench --arch swinir_light --patch 256 --batch 8 --negatives 4 --amp fp16 --channels-last
+bench --arch swinir_light --patch 256 --batch 8 --negatives 4 --amp fp16
+# channels-last VGG ('auto' keeps the default layout on CUDA): compare with the bf16 line above
+bench --arch swinir_light --patch 256 --batch 8 --negatives 4 --amp bf16 --vgg-channels-last true
 if [ -f mclir_plugin/archs/dehazeformer_arch.py ]; then
   bench -opt options/dehazeformer_t_spn.yml --patch 256 --batch 8 --negatives 4
   bench -opt options/dehazeformer_t_spn.yml --patch 256 --batch 8 --negatives 4 --amp bf16

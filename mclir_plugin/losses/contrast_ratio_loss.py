@@ -66,7 +66,7 @@ class ContrastRatioLoss(NegativeContrastLoss):
         reduction: Reduction of the reconstruction term. Defaults to ``'mean'``.
         vgg_weights: ``'imagenet'`` or a path. Defaults to ``'imagenet'``.
         vgg_fallback: ``'error'`` or ``'random'`` (demos and tests). Defaults to ``'error'``.
-        channels_last: Channels-last VGG. Defaults to False.
+        channels_last: Channels-last VGG: ``true``, ``false`` or ``'auto'`` (on CPU). Defaults to ``'auto'``.
     """
 
     def __init__(self,
@@ -82,7 +82,7 @@ class ContrastRatioLoss(NegativeContrastLoss):
                  reduction: str = 'mean',
                  vgg_weights: str = 'imagenet',
                  vgg_fallback: str = 'error',
-                 channels_last: bool = False) -> None:
+                 channels_last: bool | str = 'auto') -> None:
         if isinstance(eps, bool) or not isinstance(eps, (int, float)) or eps <= 0:
             raise ValueError(f'ContrastRatioLoss: eps must be a number > 0 (it keeps the ratio finite), got {eps!r}.')
         super().__init__(CR_LAYER_WEIGHTS if layer_weights is None else layer_weights, loss_weight=loss_weight,

@@ -57,7 +57,7 @@ class NegativeContrastLoss(nn.Module):
             Defaults to ``'imagenet'``.
         vgg_fallback: ``'error'`` or, for demos and tests only, ``'random'`` (see :class:`VGGFeatures`).
             Defaults to ``'error'``.
-        channels_last: Run VGG in channels-last memory format. Defaults to False.
+        channels_last: Channels-last VGG: ``true``, ``false`` or ``'auto'`` (on CPU). Defaults to ``'auto'``.
     """
 
     def __init__(self,
@@ -72,7 +72,7 @@ class NegativeContrastLoss(nn.Module):
                  reduction: str = 'mean',
                  vgg_weights: str = 'imagenet',
                  vgg_fallback: str = 'error',
-                 channels_last: bool = False) -> None:
+                 channels_last: bool | str = 'auto') -> None:
         super().__init__()
         name = type(self).__name__
         if isinstance(neg_weight, bool) or not isinstance(neg_weight, (int, float)) or neg_weight < 0:

@@ -67,7 +67,7 @@ class InfoNCELoss(NegativeContrastLoss):
         reduction: Reduction of the reconstruction term. Defaults to ``'mean'``.
         vgg_weights: ``'imagenet'`` or a path. Defaults to ``'imagenet'``.
         vgg_fallback: ``'error'`` or ``'random'`` (demos and tests). Defaults to ``'error'``.
-        channels_last: Channels-last VGG. Defaults to False.
+        channels_last: Channels-last VGG: ``true``, ``false`` or ``'auto'`` (on CPU). Defaults to ``'auto'``.
     """
 
     def __init__(self,
@@ -84,7 +84,7 @@ class InfoNCELoss(NegativeContrastLoss):
                  reduction: str = 'mean',
                  vgg_weights: str = 'imagenet',
                  vgg_fallback: str = 'error',
-                 channels_last: bool = False) -> None:
+                 channels_last: bool | str = 'auto') -> None:
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or temperature <= 0:
             raise ValueError(f'InfoNCELoss: temperature must be a number > 0, got {temperature!r}.')
         if similarity not in SIMILARITIES:

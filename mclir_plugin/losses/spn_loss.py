@@ -93,8 +93,8 @@ class SPNLoss(nn.Module):
             ``'imagenet'``.
         vgg_fallback: ``'error'`` or, for demos only, ``'random'``: what to do when the ImageNet file is
             missing (see :class:`VGGFeatures`). Defaults to ``'error'``.
-        channels_last: Run VGG in channels-last memory format (same maths; see the README's performance
-            section for when it is faster). Defaults to False.
+        channels_last: Run VGG in channels-last memory format (same maths): ``true``, ``false``, or ``'auto'``,
+            on CPU only, where it is faster (see :class:`VGGFeatures`). Defaults to ``'auto'``.
         auto_ratio: Target ``lambda * D / R`` of ``neg_weight: auto``. Defaults to 0.05.
         auto_iters: Calibration iterations of ``neg_weight: auto``. Defaults to 100.
         uncertainty_weighting: EXPERIMENTAL, not the paper's method. The journal extension of MCLIR describes an
@@ -117,7 +117,7 @@ class SPNLoss(nn.Module):
                  reduction: str = 'mean',
                  vgg_weights: str = 'imagenet',
                  vgg_fallback: str = 'error',
-                 channels_last: bool = False,
+                 channels_last: bool | str = 'auto',
                  auto_ratio: float = 0.05,
                  auto_iters: int = 100,
                  uncertainty_weighting: bool = False) -> None:
