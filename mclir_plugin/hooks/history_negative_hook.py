@@ -48,6 +48,7 @@ from mmengine.registry import HOOKS
 from torch import nn
 
 from mclir_plugin.hooks.negative_fast_path import accelerate_negative
+from mclir_plugin.memory_layout import check_channels_last, use_channels_last
 
 logger = logging.getLogger('basicsr')
 
@@ -114,14 +115,14 @@ class HistoryNegativeHook(Hook):
             MCLIRModel calls :meth:`adaptive_step` before backward, as the official code does. The official value
             is 0.022. ``None`` keeps the interval schedule. Defaults to None.
         adaptive_decay: Decay of an adaptive refresh (official: 0.001, about a copy). Defaults to 0.001.
-        fast_forward: Let the negatives' forwards keep what they rebuild from constants on every call (window
-            attention biases and masks of SwinIR, DehazeFormer and IDT; see
-            :mod:`mclir_plugin.hooks.negative_fast_path`). Same maths, float rounding aside; other architectures
-            are unaffected. Defaults to True.
+        fast_forward: Let the negatives' window attention skip work it repeats on every call (SwinIR's masks and
+            DehazeFormer's bias MLP kept between refreshes, logits updated in place for SwinIR, DehazeFormer and
+            IDT; see :mod:`mclir_plugin.hooks.negative_fast_path`). Same maths, float rounding aside; other
+            architectures are unaffected. Defaults to True.
         channels_last: Keep the negatives (and feed them) in channels-last memory format. ``'auto'`` does so on
-            CPU, where it makes the no-grad forwards of convolutional networks about 20% faster (FFA-Net,
-            DehazeFormer; SwinIR unchanged, measured with ``tools/benchmark_spn.py``), and not on CUDA, where it
-            has not been measured. Their outputs come back in the usual layout. Defaults to ``'auto'``.
+            CPU, where it makes the no-grad forwards of FFA-Net and DehazeFormer about 20% faster (SwinIR
+            unchanged), and not on CUDA (see :mod:`mclir_plugin.memory_layout`). Their outputs come back in the
+            usual layout. Defaults to ``'auto'``.
     """
 
     priority = 'NORMAL'
@@ -168,8 +169,7 @@ class HistoryNegativeHook(Hook):
             raise ValueError(f'adaptive_decay must be in [0, 1), got {adaptive_decay!r}.')
         if not isinstance(fast_forward, bool):
             raise ValueError(f'fast_forward must be true or false, got {fast_forward!r}.')
-        if channels_last not in (True, False, 'auto'):
-            raise ValueError(f"channels_last must be true, false or 'auto' (on CPU only), got {channels_last!r}.")
+        check_channels_last(channels_last)
         num = len(neg_iter)
         self.fast_forward = fast_forward
         self.channels_last = channels_last
@@ -227,8 +227,7 @@ class HistoryNegativeHook(Hook):
         if self.fast_forward:
             for neg in negatives:
                 accelerate_negative(neg)
-        self._negatives_channels_last = self.channels_last is True or (self.channels_last == 'auto'
-                                                                       and device.type == 'cpu')
+        self._negatives_channels_last = use_channels_last(self.channels_last, device)
         if self._negatives_channels_last:
             for neg in negatives:  # 4-D weights only; blends and loads keep the layout (they write in place)
                 neg.to(memory_format=torch.channels_last)

@@ -7,7 +7,7 @@ allocates a new logits tensor for each bias or mask it adds, which on CPU also c
 allocator has just returned memory to the system. :func:`accelerate_negative` swaps the forwards of those modules,
 on one negative only, for versions that keep the mask (shared by all blocks and negatives) and DehazeFormer's
 bias, and add biases and masks to the logits in place (SwinIR, DehazeFormer, IDT). Measured with
-``tools/benchmark_spn.py``: the negatives' forwards of SwinIR-light take 10-15% less time (up to half with a cold
+``tools/benchmark_spn.py``: the negatives' forwards of SwinIR-light take 5-10% less time (up to half with a cold
 allocator), DehazeFormer-T's about 20% less.
 
 Caveats up front:
@@ -143,6 +143,11 @@ def _fast_methods() -> dict[type, dict[str, Callable[..., Any]]]:
     }
 
 
+def _patched_names() -> set[str]:
+    """The method names :func:`accelerate_negative` may replace."""
+    return {name for table in _fast_methods().values() for name in table}
+
+
 def accelerate_negative(net: nn.Module) -> int:
     """Install the cached forwards on every known submodule of a frozen negative (exact classes only: a subclass
     may have changed the forward).
@@ -173,7 +178,7 @@ def restore_eager(net: nn.Module) -> int:
     dropped); returns how many submodules were changed. For baselines such as the official step's negatives."""
     changed = 0
     for module in net.modules():
-        names = [name for name in ('forward', 'calculate_mask', CACHE_ATTR) if name in module.__dict__]
+        names = [name for name in (*_patched_names(), CACHE_ATTR) if name in module.__dict__]
         for name in names:
             del module.__dict__[name]
         changed += bool(names)
@@ -182,4 +187,4 @@ def restore_eager(net: nn.Module) -> int:
 
 def is_accelerated(module: nn.Module) -> bool:
     """Whether :func:`accelerate_negative` changed ``module`` (not its submodules)."""
-    return any(isinstance(module.__dict__.get(name), types.MethodType) for name in ('forward', 'calculate_mask'))
+    return any(isinstance(module.__dict__.get(name), types.MethodType) for name in _patched_names())
