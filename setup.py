@@ -34,6 +34,7 @@ setup(
         'mclir-test=mclir_plugin.test:main',
         'mclir-compare=mclir_plugin.compare:main',
         'mclir-ablate=mclir_plugin.ablate:main',
+        'mclir-convert-official=mclir_plugin.convert_official:main',
     ]},
     license='Apache-2.0',
 )

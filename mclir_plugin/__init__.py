@@ -6,7 +6,10 @@ Importing the package first makes PyPI ``basicsr`` 1.4.2 work on current torch/t
 * ``SPNLoss`` (``LOSS_REGISTRY``), :mod:`mclir_plugin.losses.spn_loss`: the Self-Prior guided Negative loss;
 * ``HistoryNegativeHook`` (mmengine ``HOOKS``), :mod:`mclir_plugin.hooks.history_negative_hook`: the negative models;
 * ``MCLIRModel`` (``MODEL_REGISTRY``), :mod:`mclir_plugin.models.mclir_model`: the contrastive model wrapper;
-* ``SyntheticPairedDataset`` (``DATASET_REGISTRY``), :mod:`mclir_plugin.data`: built-in demo data.
+* ``SyntheticPairedDataset`` (``DATASET_REGISTRY``), :mod:`mclir_plugin.data`: built-in demo data;
+* ``calculate_psnr_float``, ``calculate_ssim_dehazeformer``, ``calculate_ssim_ffanet`` (``METRIC_REGISTRY``),
+  :mod:`mclir_plugin.metrics`: the papers' float evaluation protocols (with ``val.save_best``,
+  :mod:`mclir_plugin.validation`).
 """
 from mclir_plugin import compat as _compat
 

@@ -59,7 +59,6 @@ CSV_COLUMNS = ('dataset', 'metric', 'kind', 'variant', 'status', 'n_ok', 'n_runs
 #: Option keys holding file or folder paths, made absolute in the run files (``vgg_weights`` unless ``imagenet``).
 PATH_KEY = re.compile(r'^(dataroot\w*|meta_info_file|list_file|pretrain_network\w*|vgg_weights)$')
 _LABEL = re.compile(r'^[A-Za-z0-9][A-Za-z0-9._+-]*$')
-_NUMBER = re.compile(r'^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$')
 _TAIL_LINES = 15
 
 
@@ -117,15 +116,12 @@ def load_options(path: str, what: str) -> dict:
 
 
 def parse_value(text: str) -> Any:
-    """An override's value, read as YAML like an option file's (``1e-3`` as a number, not YAML 1.1's string)."""
-    import yaml
-    text = text.strip()
-    if _NUMBER.match(text):
-        return float(text)
+    """An override's value: :func:`mclir_plugin.options.parse_override_value`, the rule of every tool."""
+    from mclir_plugin.options import parse_override_value
     try:
-        return yaml.load(text, Loader=_yaml()[0]) if text else ''
-    except yaml.YAMLError as err:
-        raise AblateError(f'Override value {text!r} is not valid YAML: {err}') from err
+        return parse_override_value(text)
+    except ValueError as err:
+        raise AblateError(str(err)) from None
 
 
 def apply_override(opt: dict, entry: str, where: str) -> None:

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import torch
 
+from mclir_plugin.option_schema import Choice
+
 CHANNELS_LAST_CHOICES = (True, False, 'auto')
+CHANNELS_LAST_OPTION = Choice(*CHANNELS_LAST_CHOICES, note="'auto' = on CPU only")
 
 
-def check_channels_last(value: object) -> None:
-    """Raise a ValueError naming the choices unless ``value`` is one of them."""
-    if value not in CHANNELS_LAST_CHOICES:
-        raise ValueError(f"channels_last must be true, false or 'auto' (on CPU only), got {value!r}.")
+def check_channels_last(value: object, key: str = 'channels_last') -> None:
+    """Raise an :class:`~mclir_plugin.option_schema.OptionError` naming ``key`` unless ``value`` is a choice."""
+    CHANNELS_LAST_OPTION(value, key)
 
 
 def use_channels_last(value: bool | str, device: torch.device) -> bool:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import re
 from typing import Any, Callable, Iterable, Mapping
 
 
@@ -50,3 +51,43 @@ def accepted_kwargs(func: Callable) -> list[str]:
 def check_call_kwargs(func: Callable, kwargs: Mapping[str, Any], where: str, ignore: Iterable[str] = ('type',)) -> None:
     """Check that ``func(**kwargs)`` names only accepted arguments (``ignore`` lists registry keys such as type)."""
     check_keys({k: v for k, v in kwargs.items() if k not in set(ignore)}, accepted_kwargs(func), where)
+
+
+# YAML 1.2 floats that YAML 1.1 (PyYAML) reads as text: an exponent without a dot, or without a sign (1e6, 1.5e3)
+_EXPONENT_FLOAT = re.compile(r'^[-+]?(?:[0-9][0-9_]*\.?[0-9_]*|\.[0-9_]+)[eE][-+]?[0-9]+$')
+_override_loader: type | None = None
+
+
+def _loader() -> type:
+    """A safe YAML loader that also reads ``1e6`` and ``1e-3`` (plain, unquoted) as floats."""
+    global _override_loader
+    if _override_loader is None:
+        import yaml
+
+        class OverrideLoader(yaml.SafeLoader):
+            pass
+
+        OverrideLoader.add_implicit_resolver('tag:yaml.org,2002:float', _EXPONENT_FLOAT, list('-+0123456789.'))
+        _override_loader = OverrideLoader
+    return _override_loader
+
+
+def parse_override_value(text: str) -> Any:
+    """The value of a command-line override (``--force_yml a:b=VALUE`` of train and test, ``--override`` of ablate).
+
+    One rule for every tool: ``VALUE`` is read as a YAML value, as it would be in the option file, except that a
+    number with an exponent is a number even without a dot (``1e6``, ``1e-3``; YAML 1.1 reads them as text).
+    So ``10`` is an int, ``1e6`` and ``0.5`` floats, ``true``/``false`` booleans, ``~`` None, ``[6, 6]`` a list,
+    ``{type: x}`` a mapping, and ``'abc'`` or ``'1e6'`` (quoted) text.
+
+    Raises:
+        ValueError: when ``VALUE`` is not valid YAML, naming it.
+    """
+    import yaml
+    text = text.strip()
+    try:
+        return yaml.load(text, Loader=_loader())
+    except yaml.YAMLError as err:
+        detail = ' '.join(str(err).split())
+        raise ValueError(f'Override value {text!r} is not a valid YAML value ({detail}); quote text that holds '
+                         "YAML punctuation, e.g. 'a: b'.") from None

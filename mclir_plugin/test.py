@@ -23,10 +23,18 @@ With ``--checkpoints`` it evaluates each checkpoint on each test set of the opti
 * ``--out``: output folder, default ``results/eval_<name>``. ``--cpu``: run on the CPU.
 
 Metrics: ``val.metrics`` of the file, computed per image with BasicSR's ``calculate_metric`` on the uint8 images
-BasicSR's validation uses, with each metric's ``crop_border``/``test_y_channel``. PSNR and SSIM are always reported:
-a missing one is added with the settings of the other (or, without ``val.metrics``, both with ``val.crop_border``
-(default: ``scale`` above 1, else 0) and ``val.test_y_channel`` (default false)). Means are BasicSR's (sum / count),
-so they equal what its validation logs.
+BasicSR's validation uses, with each metric's ``crop_border``/``test_y_channel``, except the float-protocol metrics
+(:mod:`mclir_plugin.metrics`), which get the float output and GT as in training validation. Both protocols are
+always reported side by side:
+
+* uint8 (BasicSR's): PSNR and SSIM; a missing one is added with the settings of the other (or, without
+  ``val.metrics``, both with ``val.crop_border`` (default: ``scale`` above 1, else 0) and ``val.test_y_channel``
+  (default false));
+* float (DehazeFormer's and FFA-Net's tables): ``psnr_float`` (``calculate_psnr_float``) and ``ssim_float``
+  (``calculate_ssim_dehazeformer``) are added, RGB and uncropped as upstream, unless ``val.metrics`` already has a
+  float PSNR / a float SSIM (``calculate_ssim_ffanet`` counts).
+
+Means are BasicSR's (sum / count), so they equal what its validation logs.
 
 Outputs, under ``--out``:
 
@@ -56,6 +64,7 @@ from typing import Any, Sequence
 
 import mclir_plugin  # noqa: F401  (compat shim and registration)
 from mclir_plugin.compat import normalise_local_rank_argv
+from mclir_plugin.metrics import is_float_protocol
 
 PARAM_KEYS = ('auto', 'params_ema', 'params')
 DATASET_PHASES = ('val', 'test')
@@ -79,14 +88,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--out', help='output folder (default results/eval_<name>)')
     parser.add_argument('--cpu', action='store_true', help='run on the CPU even with a GPU')
     parser.add_argument('--force_yml', nargs='+', default=None, help='override options, e.g. val:metrics:psnr:'
-                        'crop_border=2 (BasicSR\'s syntax)')
+                        'crop_border=2 (values read as in train\'s --force_yml: 1e-3 is a number)')
     return parser
 
 
 def load_options(path: str, overrides: Sequence[str] | None = None) -> dict[str, Any]:
-    """Read a BasicSR option file and apply ``--force_yml`` entries ``key:key=value`` (BasicSR's value syntax)."""
+    """Read a BasicSR option file and apply ``--force_yml`` entries ``key:key=value``.
+
+    Values are read by :func:`mclir_plugin.options.parse_override_value`, as train's ``--force_yml`` reads them.
+    """
     import yaml
-    from basicsr.utils.options import _postprocess_yml_value, ordered_yaml
+    from basicsr.utils.options import ordered_yaml
+    from mclir_plugin.options import parse_override_value
 
     if not os.path.isfile(path):
         raise EvalError(f'Option file {path!r} does not exist.')
@@ -102,7 +115,10 @@ def load_options(path: str, overrides: Sequence[str] | None = None) -> dict[str,
             if not isinstance(node.get(key), dict):
                 raise EvalError(f'--force_yml {entry!r}: {path} has no block {key!r} there.')
             node = node[key]
-        node[leaf] = _postprocess_yml_value(value.strip())
+        try:
+            node[leaf] = parse_override_value(value)
+        except ValueError as err:
+            raise EvalError(f'--force_yml {entry!r}: {err}') from None
     return opt
 
 
@@ -161,15 +177,31 @@ def resolve_metrics(opt: dict[str, Any]) -> tuple[OrderedDict, list[str]]:
             metrics[name] = {'type': metric_type, 'crop_border': settings.get('crop_border', 0),
                              'test_y_channel': settings.get('test_y_channel', False)}
             notes.append(f'{name} added: not in val.metrics')
+    float_types = [m.get('type') for m in metrics.values() if is_float_protocol(m.get('type'))]
+    for name, metric_type, present in (
+            ('psnr_float', 'calculate_psnr_float', 'calculate_psnr_float' in float_types),
+            ('ssim_float', 'calculate_ssim_dehazeformer', any(t.startswith('calculate_ssim') for t in float_types))):
+        if not present:
+            if name in metrics:
+                raise EvalError(f"val.metrics.{name} has type {metrics[name].get('type')!r}; rename it so that "
+                                f'{name} can hold {metric_type} (the float protocol).')
+            metrics[name] = {'type': metric_type, 'crop_border': 0}
+            notes.append(f'{name} added: float protocol')
     return metrics, notes
 
 
 def describe_metrics(metrics: dict[str, dict], notes: Sequence[str]) -> str:
-    """E.g. ``psnr (crop_border 4, Y), ssim (crop_border 4, Y; added: not in val.metrics)``."""
+    """E.g. ``psnr (crop_border 4, Y), ssim (crop_border 4, Y; added: not in val.metrics), psnr_float (float
+    calculate_psnr_float, crop_border 0, RGB; added: float protocol)``."""
     parts = []
     for name, m in metrics.items():
         extra = [n for n in notes if n.startswith(name + ' ')]
         channel = 'Y' if m.get('test_y_channel') else 'RGB'
+        if is_float_protocol(m.get('type')):
+            channel = f"float {m['type']}, crop_border {m.get('crop_border', 0)}, {channel}"
+            note = '; ' + extra[0][len(name) + 1:] if extra else ''
+            parts.append(f'{name} ({channel}{note})')
+            continue
         note = '; ' + extra[0][len(name) + 1:] if extra else ''
         parts.append(f"{name} (crop_border {m.get('crop_border', 0)}, {channel}{note})")
     return ', '.join(parts)
@@ -248,16 +280,28 @@ def _metric_needs_gt(metric: dict[str, Any]) -> bool:
     return 'img2' in inspect.signature(METRIC_REGISTRY.get(metric['type'])).parameters
 
 
-def image_metrics(sr_img, gt_img, metrics: dict[str, dict]) -> dict[str, float | None]:
-    """BasicSR's ``calculate_metric`` per metric on uint8 BGR images (None where a metric needs the missing GT)."""
+def image_metrics(sr_img, gt_img, metrics: dict[str, dict], sr_float=None, gt_float=None) -> dict[str, float | None]:
+    """BasicSR's ``calculate_metric`` per metric (None where a metric needs the missing GT).
+
+    Args:
+        sr_img: The output as BasicSR's validation has it, a uint8 BGR image (``tensor2img``).
+        gt_img: The ground truth likewise, or None.
+        metrics: ``val.metrics``-style entries.
+        sr_float: The float output tensor (``get_current_visuals()['result']``), given to the float-protocol
+            metrics instead of ``sr_img``. Defaults to None (they then get the uint8 images).
+        gt_float: The float ground truth tensor, for the same metrics. Defaults to None.
+    """
     from basicsr.metrics import calculate_metric
 
     values: dict[str, float | None] = {}
     for name, metric in metrics.items():
+        img, img2 = sr_img, gt_img
+        if is_float_protocol(metric.get('type')) and sr_float is not None:
+            img, img2 = sr_float, gt_float
         if _metric_needs_gt(metric):
-            values[name] = None if gt_img is None else float(calculate_metric({'img': sr_img, 'img2': gt_img}, metric))
+            values[name] = None if img2 is None else float(calculate_metric({'img': img, 'img2': img2}, metric))
         else:
-            values[name] = float(calculate_metric({'img': sr_img}, metric))
+            values[name] = float(calculate_metric({'img': img}, metric))
     return values
 
 
@@ -280,7 +324,8 @@ def evaluate_loader(model, loader, metrics: dict[str, dict], save_dir: str | Non
                     delattr(model, attr)
             if save_dir:
                 imwrite(sr_img, os.path.join(save_dir, f'{image}.png'))
-            rows.append({'image': image, **image_metrics(sr_img, gt_img, metrics)})
+            values = image_metrics(sr_img, gt_img, metrics, sr_float=visuals['result'], gt_float=visuals.get('gt'))
+            rows.append({'image': image, **values})
             if rows[-1].get('psnr') is not None:
                 bar.set_postfix(psnr=f"{rows[-1]['psnr']:.2f}")
             bar.update(1)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import torch
 import yaml
@@ -42,7 +43,12 @@ def test_two_process_gloo_run_keeps_negatives_in_sync_and_resumes(tmp_path, empt
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-4000:]
     assert 'World size (gpu number): 2' in out
-    assert out.count('Negative models agree across 2 ranks') == 4  # iterations 1-4, logged by rank 0
+    assert out.count('Negative models agree across 2 ranks at iteration') == 4  # iterations 1-4, logged by rank 0
+    # the start blend (seeds differ per rank here): identical on both ranks, apart from the network and each other
+    assert out.count('Negative models agree across 2 ranks when built') == 1
+    start = re.search(r'start blend \(neg_start 0.3\): relative distance to the network ([\d.e-]+) ([\d.e-]+); '
+                      r'smallest between two negatives ([\d.e-]+)', out)
+    assert start and all(float(x) > 1e-3 for x in start.groups()), out[-4000:]
     assert '# psnr:' in out
     state = torch.load(tmp_path / 'experiments/ddp/training_states/4.state', weights_only=True)
     assert len(state['progress']) == 2  # both ranks' random states
@@ -56,7 +62,7 @@ def test_two_process_gloo_run_keeps_negatives_in_sync_and_resumes(tmp_path, empt
     assert resumed.returncode == 0, out[-4000:]
     assert 'Resuming training from epoch: 1, iter: 4.' in out  # 2 batches an epoch per rank
     assert 'negatives restored from the training state' in out
-    assert out.count('Negative models agree across 2 ranks') == 2
+    assert out.count('Negative models agree across 2 ranks at iteration') == 2
 
 
 def _sync_check_worker(rank: int, init_file: str, perturb: bool, results) -> None:

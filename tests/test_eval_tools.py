@@ -41,7 +41,7 @@ def tiny_options(name: str, gt: str, lq: str, spn: bool) -> dict:
                   'scheduler': {'type': 'MultiStepLR', 'milestones': [1000], 'gamma': 0.5}, 'total_iter': 8,
                   'warmup_iter': -1, 'pixel_opt': {'type': 'L1Loss', 'loss_weight': 1.0, 'reduction': 'mean'}},
         # val_freq 3 does not divide total_iter 8: validations at 3, 6 and the one after training (at 8)
-        'val': {'val_freq': 3, 'save_img': False,
+        'val': {'val_freq': 3, 'save_img': False, 'save_best': {'metric': 'psnr'},
                 'metrics': {'psnr': {'type': 'calculate_psnr', 'crop_border': CROP, 'test_y_channel': True}}},
         'logger': {'print_freq': 1, 'save_checkpoint_freq': 4, 'use_tb_logger': True,
                    'wandb': {'project': None, 'resume_id': None}},
@@ -93,8 +93,8 @@ def tool_runs(runs):
     cwd, base, spn, spn_opt, _, _ = runs
     compare = start([os.path.join(REPO, 'tools', 'compare.py'), base, spn, '--out', cwd / 'cmp'], cwd)
     test = start([os.path.join(REPO, 'tools', 'test.py'), '-opt', spn_opt, '--checkpoints',
-                  base / 'models' / 'net_g_8.pth', spn / 'models' / 'net_g_8.pth', '--save-images',
-                  '--out', cwd / 'eval'], cwd)
+                  base / 'models' / 'net_g_8.pth', spn / 'models' / 'net_g_8.pth', spn / 'models' / 'net_g_best.pth',
+                  '--save-images', '--out', cwd / 'eval'], cwd)
     return finish(compare), finish(test)
 
 
@@ -171,24 +171,27 @@ def test_compare_prints_table_and_writes_csv_markdown_png(runs, tool_runs):
 def test_evaluation_writes_basicsr_metrics_per_image_and_means(runs, tool_runs):
     cwd, base, spn, spn_opt, gt_dir, _ = runs
     output = tool_runs[1]
-    assert 'psnr (crop_border 4, Y), ssim (crop_border 4, Y; added: not in val.metrics)' in output
+    assert ('psnr (crop_border 4, Y), ssim (crop_border 4, Y; added: not in val.metrics), psnr_float (float '
+            'calculate_psnr_float, crop_border 0, RGB; added: float protocol), ssim_float (float '
+            'calculate_ssim_dehazeformer, crop_border 0, RGB; added: float protocol)') in output
     assert 'model SwinIRModel (mclir.base_model' in output
     assert re.search(r'tiny_spn_net_g_8\s+params_ema\s+TinyVal\s+4\s+[0-9.]+\s+[0-9.]+', output)
     summary = read_csv(cwd / 'eval' / 'summary.csv')
     assert [(r['checkpoint'], r['dataset'], r['images']) for r in summary] == [
-        ('tiny_base_net_g_8', 'TinyVal', '4'), ('tiny_spn_net_g_8', 'TinyVal', '4')]
+        ('tiny_base_net_g_8', 'TinyVal', '4'), ('tiny_spn_net_g_8', 'TinyVal', '4'), ('net_g_best', 'TinyVal', '4')]
     report = json.loads((cwd / 'eval' / 'summary.json').read_text())
     assert report['model_type'] == 'SwinIRModel' and report['metrics']['ssim']['crop_border'] == CROP
     for row, result, run in zip(summary, report['results'], (base, spn)):
         rows = read_csv(cwd / 'eval' / row['checkpoint'] / 'TinyVal.csv')
-        assert list(rows[0]) == ['image', 'psnr', 'ssim']  # rows in the dataset's (BasicSR's folder scan) order
+        # both protocols side by side; rows in the dataset's (BasicSR's folder scan) order
+        assert list(rows[0]) == ['image', 'psnr', 'ssim', 'psnr_float', 'ssim_float']
         assert sorted(r['image'] for r in rows) == ['0000', '0001', '0002', '0003']
         for r in rows:  # BasicSR's metric functions on the written image and the GT file: the same numbers
             restored = cv2.imread(str(cwd / 'eval' / row['checkpoint'] / 'TinyVal' / f"{r['image']}.png"))
             truth = cv2.imread(os.path.join(gt_dir, f"{r['image']}.png"))
             assert float(r['psnr']) == calculate_psnr(restored, truth, CROP, test_y_channel=True)
             assert float(r['ssim']) == calculate_ssim(restored, truth, CROP, test_y_channel=True)
-        for metric in ('psnr', 'ssim'):
+        for metric in ('psnr', 'ssim', 'psnr_float', 'ssim_float'):
             values = [float(r[metric]) for r in rows]
             assert float(row[metric]) == sum(values) / 4 == result[metric]
             assert [v[metric] for v in result['per_image']] == values
@@ -203,20 +206,55 @@ def test_restored_images_match_the_checkpoint_run_through_basicsr(runs, tool_run
     from basicsr.models import build_model
     from basicsr.utils import tensor2img
 
+    from mclir_plugin.metrics import calculate_psnr_float, calculate_ssim_dehazeformer
+
     cwd, _, spn, spn_opt, _, _ = runs
     opt = yaml.safe_load(spn_opt.read_text())
     opt.update(model_type='SwinIRModel', is_train=False, dist=False, rank=0, world_size=1)
     opt['path'].update(pretrain_network_g=str(spn / 'models' / 'net_g_8.pth'), param_key_g='params_ema')
     model = build_model(opt)
     dataset = build_dataset({**opt['datasets']['val'], 'phase': 'val', 'scale': 4})
+    rows = {r['image']: r for r in read_csv(cwd / 'eval' / 'tiny_spn_net_g_8' / 'TinyVal.csv')}
     for index in range(len(dataset)):
         sample = dataset[index]
         model.feed_data({'lq': sample['lq'][None], 'gt': sample['gt'][None]})
         model.test()
-        expected = tensor2img([model.output.detach().cpu()])
+        output = model.output.detach().cpu()
+        expected = tensor2img([output])
         name = os.path.splitext(os.path.basename(sample['lq_path']))[0]
         written = cv2.imread(str(cwd / 'eval' / 'tiny_spn_net_g_8' / 'TinyVal' / f'{name}.png'))
         assert written.shape == (32, 32, 3) and torch.equal(torch.from_numpy(written), torch.from_numpy(expected))
+        # the float protocol got the float output, not the written uint8 image
+        float_psnr = float(rows[name]['psnr_float'])
+        assert float_psnr == pytest.approx(calculate_psnr_float(output, sample['gt']), abs=1e-9)
+        assert abs(float_psnr - calculate_psnr_float(written, tensor2img([sample['gt']]))) > 1e-6
+        assert float(rows[name]['ssim_float']) == pytest.approx(calculate_ssim_dehazeformer(output, sample['gt']),
+                                                                abs=1e-9)
+
+
+def test_best_checkpoint_is_kept_through_resume_and_evaluates_to_its_value(runs, tool_runs):
+    """val.save_best: {metric: psnr} in both tiny runs (SwinIRModel resumed once, MCLIRModel)."""
+    import torch
+    cwd, base, spn, _, _, _ = runs
+    for run in (base, spn):
+        record = torch.load(run / 'models' / 'net_g_best.pth', weights_only=True)['best']
+        assert json.loads((run / 'models' / 'net_g_best.json').read_text())['iter'] == record['iter']
+        logged = load_run(str(run)).val['TinyVal']['psnr']  # 4 decimals, as BasicSR prints them
+        assert record['metric'] == 'psnr' and record['dataset'] == 'TinyVal' and record['better'] == 'higher'
+        assert abs(logged[record['iter']] - record['value']) <= 5.1e-5
+        assert max(logged.values()) <= record['value'] + 5.1e-5
+    # the resumed baseline read the best of its first part back instead of starting afresh
+    first, second = (open(log).read() for log in find_log_files(str(base)))
+    restored = re.search(r'val.save_best: best psnr on TinyVal so far ([0-9.]+) @ iter (\d+), restored from', second)
+    assert restored and 'restored from' not in first
+    first_values = parse_log_file(find_log_files(str(base))[0]).val['TinyVal']['psnr']
+    assert int(restored.group(2)) in first_values and float(restored.group(1)) == pytest.approx(
+        max(first_values.values()), abs=5.1e-5)
+    # tools/test.py on net_g_best.pth (its params_ema) gives the recorded value
+    summary = {r['checkpoint']: r for r in read_csv(cwd / 'eval' / 'summary.csv')}
+    record = torch.load(spn / 'models' / 'net_g_best.pth', weights_only=True)['best']
+    assert summary['net_g_best']['param_key'] == 'params_ema'
+    assert float(summary['net_g_best']['psnr']) == pytest.approx(record['value'], abs=1e-9)
 
 
 def test_checkpoint_keys_labels_datasets_and_metrics(runs, tmp_path):
@@ -240,5 +278,13 @@ def test_checkpoint_keys_labels_datasets_and_metrics(runs, tmp_path):
     del opt['val']['metrics']
     metrics, notes = resolve_metrics({**opt, 'val': {'crop_border': 2}})
     assert metrics == {'psnr': {'type': 'calculate_psnr', 'crop_border': 2, 'test_y_channel': False},
-                       'ssim': {'type': 'calculate_ssim', 'crop_border': 2, 'test_y_channel': False}}
-    assert len(notes) == 2
+                       'ssim': {'type': 'calculate_ssim', 'crop_border': 2, 'test_y_channel': False},
+                       'psnr_float': {'type': 'calculate_psnr_float', 'crop_border': 0},
+                       'ssim_float': {'type': 'calculate_ssim_dehazeformer', 'crop_border': 0}}
+    assert len(notes) == 4
+    # a file with FFA-Net's float SSIM keeps it as its float SSIM; a name taken by another type is an error
+    ffa = {'psnr': {'type': 'calculate_psnr'}, 'ssim_ffanet': {'type': 'calculate_ssim_ffanet'}}
+    metrics, _ = resolve_metrics({**opt, 'val': {'metrics': ffa}})
+    assert list(metrics) == ['psnr', 'ssim_ffanet', 'ssim', 'psnr_float']
+    with pytest.raises(EvalError, match="val.metrics.psnr_float has type 'calculate_psnr'; rename it"):
+        resolve_metrics({**opt, 'val': {'metrics': {'psnr_float': {'type': 'calculate_psnr'}}}})

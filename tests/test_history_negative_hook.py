@@ -167,14 +167,14 @@ def test_unbuilt_hook_says_so():
 
 
 @pytest.mark.parametrize('kwargs, match', [
-    ({'neg_iter': []}, 'neg_iter is empty'),
-    ({'neg_iter': [10, 0]}, 'positive integers'),
-    ({'neg_iter': [10.5]}, 'positive integers'),
-    ({'neg_iter': [1, 2], 'neg_decay': [0.1]}, 'neg_decay has 1 entries but neg_iter has 2'),
-    ({'neg_decay': 1.0}, r'neg_decay must be in \[0, 1\)'),
-    ({'neg_decay': -0.1}, r'neg_decay must be in \[0, 1\)'),
-    ({'neg_start': 1.5}, r'neg_start must be in \[0, 1\]'),
-    ({'pairing': 'reversed'}, 'pairing must be one of'),
+    ({'neg_iter': []}, r'neg_iter must be an integer >= 1 .*non-empty list.*, got \[\]'),
+    ({'neg_iter': [10, 0]}, r'neg_iter\[1\] must be an integer >= 1 .*, got 0\.'),
+    ({'neg_iter': [10.5]}, r'neg_iter\[0\] must be an integer >= 1 .*, got 10\.5\.'),
+    ({'neg_iter': [1, 2], 'neg_decay': [0.1]}, r'neg_decay must be one number, or a list of 2 .*, got \[0\.1\]'),
+    ({'neg_decay': 1.0}, r'neg_decay must be a finite number in \[0, 1\) .*, got 1\.0\.'),
+    ({'neg_decay': -0.1}, r'neg_decay must be a finite number in \[0, 1\) .*, got -0\.1\.'),
+    ({'neg_start': 1.5}, r'neg_start must be a finite number in \[0, 1\] .*, got 1\.5\.'),
+    ({'pairing': 'reversed'}, "pairing must be one of 'natural', 'official_reversed', got 'reversed'"),
 ])
 def test_bad_options(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -206,3 +206,62 @@ def test_adaptive_refresh_round_robin_above_the_threshold():
     other.build(small_net(1))
     other.load_state_dict(state)
     assert other.adaptive_count == 4 and other.adaptive_step(small_net(1), wild, target, 6) == 1
+
+
+def test_negative_seeds_are_distinct_and_never_the_run_seed():
+    from mclir_plugin.hooks.history_negative_hook import negative_seed
+    for seed in (0, 1, 42, 10_000):
+        seeds = [negative_seed(seed, i) for i in range(8)]
+        assert len(set(seeds)) == 8 and all(0 <= s < 2 ** 63 for s in seeds)
+        assert not {seed, seed + 1} & set(seeds)  # BasicSR seeds rank r's network init with manual_seed + r
+        assert seeds == [negative_seed(seed, i) for i in range(8)]  # a pure function: the same on every rank
+
+
+TINY_SWINIR = {'type': 'SwinIR', 'upscale': 2, 'in_chans': 3, 'img_size': 8, 'window_size': 4, 'img_range': 1.,
+               'depths': [1], 'embed_dim': 12, 'num_heads': [2], 'mlp_ratio': 2, 'upsampler': 'pixelshuffledirect',
+               'resi_connection': '1conv'}
+
+
+def swinir_model_opt(tmp_path, vgg16_file, seed: int, neg_start: float) -> dict:
+    """MCLIRModel options (SwinIRModel base, tiny SwinIR, three negatives) as BasicSR's parse_options gives them."""
+    root = str(tmp_path / f'run_{seed}_{neg_start}')
+    paths = {k: f'{root}/{k}' for k in ('models', 'training_states', 'log', 'visualization')}
+    return {
+        'name': 'blend', 'model_type': 'MCLIRModel', 'scale': 2, 'num_gpu': 0, 'manual_seed': seed,
+        'is_train': True, 'dist': False, 'rank': 0, 'world_size': 1, 'root_path': str(tmp_path),
+        'mclir': {'base_model': 'SwinIRModel', 'hook': {'neg_iter': [1, 2, 3], 'neg_start': neg_start}},
+        'network_g': dict(TINY_SWINIR),
+        'path': {'pretrain_network_g': None, 'strict_load_g': True, 'resume_state': None, 'experiments_root': root,
+                 **paths},
+        'train': {'ema_decay': 0, 'optim_g': {'type': 'Adam', 'lr': 1e-3},
+                  'scheduler': {'type': 'MultiStepLR', 'milestones': [10], 'gamma': 0.5}, 'total_iter': 3,
+                  'pixel_opt': {'type': 'SPNLoss', 'neg_weight': 0.1, 'vgg_weights': vgg16_file}},
+    }
+
+
+def test_start_blend_through_basicsr_seeding_is_independent_of_the_network(tmp_path, vgg16_file):
+    """Regression: BasicSR initialises net_g right after set_random_seed(manual_seed); a fresh init drawn under that
+    same seed was net_g's own initial weights, so negative 0 started as an exact copy of net_g."""
+    from basicsr.archs import build_network
+    from basicsr.models import build_model
+    from basicsr.utils import set_random_seed
+
+    def flat(net: nn.Module) -> torch.Tensor:
+        return torch.cat([p.detach().flatten() for p in net.parameters()])
+
+    for seed in (0, 7):
+        set_random_seed(seed)
+        model = build_model(swinir_model_opt(tmp_path, vgg16_file, seed, neg_start=0.1))
+        after_spn = torch.random.get_rng_state()
+        net = flat(model.get_bare_model(model.net_g))
+        set_random_seed(seed)
+        assert torch.equal(flat(build_network(dict(TINY_SWINIR))), net)  # net_g is BasicSR's init under the seed
+        negatives = [flat(neg) for neg in model.negative_hook.negatives]
+        for neg in negatives:
+            fresh = (neg - 0.9 * net) / 0.1  # the fresh part of the blend 0.1 * fresh + 0.9 * net
+            assert (neg - net).abs().max() > 1e-3 and (fresh - net).abs().max() > 0.1
+        assert all((a - b).abs().max() > 1e-3 for i, a in enumerate(negatives) for b in negatives[i + 1:])
+    # the fresh initialisations leave the run's random stream where a build without them leaves it
+    set_random_seed(7)
+    build_model(swinir_model_opt(tmp_path, vgg16_file, 7, neg_start=0.0))
+    assert torch.equal(torch.random.get_rng_state(), after_spn)

@@ -138,7 +138,8 @@ def test_channels_last_negatives_agree_with_default_layout(arch):
     for it in (1, 2):
         out = auto.forward_negatives(x)
         assert out.is_contiguous()
-        torch.testing.assert_close(out, plain.forward_negatives(x), rtol=1e-5, atol=1e-5)
+        # channels-last convolutions sum in another order: float32 rounding, up to about 1e-5 on these outputs
+        torch.testing.assert_close(out, plain.forward_negatives(x), rtol=1e-4, atol=5e-5)
         perturb(net, it)
         for hook in (auto, plain):
             hook.step(net, it)
@@ -153,7 +154,7 @@ def test_channels_last_negatives_agree_with_default_layout(arch):
 
 
 @pytest.mark.parametrize('kwargs, match', [({'fast_forward': 'yes'}, 'fast_forward must be true or false'),
-                                           ({'channels_last': 'cpu'}, "channels_last must be true, false or 'auto'")])
+                                           ({'channels_last': 'cpu'}, "channels_last must be one of true, false, 'auto'")])
 def test_options_are_checked(kwargs, match):
     with pytest.raises(ValueError, match=match):
         HistoryNegativeHook(**kwargs)

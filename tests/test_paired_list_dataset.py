@@ -112,6 +112,22 @@ CASES = {
              'ground_truth/2.jpg'],
             [('rainy_image/1_1.jpg', 'ground_truth/1.jpg'), ('rainy_image/1_2.jpg', 'ground_truth/1.jpg'),
              ('rainy_image/2_1.jpg', 'ground_truth/2.jpg')], {}),
+    # DDN-Data as its archive unpacks: folder names with spaces (written quoted in the list).
+    'ddn_archive': ('ddn', 'DDN-Data/testing',
+                    ['rainy image/901_1.jpg', 'rainy image/901_14.jpg', 'rainy image/902_3.jpg',
+                     'ground truth/901.jpg', 'ground truth/902.jpg'],
+                    [('rainy image/901_1.jpg', 'ground truth/901.jpg'),
+                     ('rainy image/901_14.jpg', 'ground truth/901.jpg'),
+                     ('rainy image/902_3.jpg', 'ground truth/902.jpg')], {}),
+    # DehazeFormer's repacks (data/<set>/{train,test}/{GT,hazy}): equal names on both sides, the GT repeated.
+    'dehazeformer_in': ('dehazeformer', 'data/RESIDE-IN/train',
+                        ['hazy/1_1_0.90179.png', 'hazy/1_2_0.82193.png', 'hazy/2_1_0.75.png', 'hazy/7_1_0.8.png',
+                         'GT/1_1_0.90179.png', 'GT/1_2_0.82193.png', 'GT/2_1_0.75.png'],
+                        [('hazy/1_1_0.90179.png', 'GT/1_1_0.90179.png'), ('hazy/1_2_0.82193.png', 'GT/1_2_0.82193.png'),
+                         ('hazy/2_1_0.75.png', 'GT/2_1_0.75.png')], {NO_GT: ['hazy/7_1_0.8.png']}),
+    'dehazeformer_out': ('dehazeformer', 'data/RESIDE-OUT/test',
+                         ['hazy/0001.png', 'hazy/0002.png', 'GT/0001.png', 'GT/0002.png'],
+                         [('hazy/0001.png', 'GT/0001.png'), ('hazy/0002.png', 'GT/0002.png')], {}),
     'did': ('did', 'DID', ['input/1.jpg', 'input/2.jpg', 'groundtruth/1.jpg', 'groundtruth/2.jpg'],
             [('input/1.jpg', 'groundtruth/1.jpg'), ('input/2.jpg', 'groundtruth/2.jpg')], {}),
     'folders': ('folders', 'X', ['lq/a.png', 'lq/b.png', 'gt/a.png', 'gt/b.png'],
@@ -204,8 +220,8 @@ def test_layout_errors(tmp_path):
     assert make_pair_list.main(['--layout', 'reside_its', '--root', str(tmp_path / 'DID'),
                                 '--out', str(tmp_path / 'x.txt')]) == 1
     assert not (tmp_path / 'x.txt').exists()
-    with pytest.raises(ValueError, match='whitespace'):
-        write_pair_list(str(tmp_path / 'y.txt'), [('rainy_image/1_1.jpg', 'ground truth/1.jpg')])
+    with pytest.raises(ValueError, match='double quote, tab or newline'):
+        write_pair_list(str(tmp_path / 'y.txt'), [('rainy "image"/1_1.jpg', 'ground truth/1.jpg')])
 
 
 def test_disk_errors_name_the_key_file_and_line(tmp_path):
@@ -429,3 +445,169 @@ def test_both_tools_run_as_scripts(tmp_path):
     assert f'ddn: {len(pairs)} pairs (2 distinct GT)' in done.stdout
     assert '5 images, 5 written' in done.stdout and 'write ddn.lmdb' in done.stderr  # tqdm's bar
     assert len(check_lmdb(db)) == 5
+
+
+# ------------------------------------------------- DehazeFormer's trees, spaces in paths, images below the patch
+
+
+def test_dehazeformer_tree_reside_its_says_which_layout_fits(tmp_path, capsys):
+    _, root, pairs, _, _ = build_tree(tmp_path, 'dehazeformer_in')
+    for rel in ('hazy/1400_1.png', 'GT/1400_1.png'):  # the test split beside train, as the archive has it
+        write(str(tmp_path / 'data/RESIDE-IN/test'), rel, np.random.default_rng(3))
+    out = str(tmp_path / 'its.txt')
+    assert make_pair_list.main(['--layout', 'reside_its', '--root', root, '--out', out]) == 1
+    err = capsys.readouterr().err
+    assert 'no reside_its pairs' in err and '--layout dehazeformer pairs 3 files there' in err
+    assert not os.path.exists(out)
+    parent = str(tmp_path / 'data/RESIDE-IN')  # the set's top folder: name its splits
+    with pytest.raises(FileNotFoundError, match=r"holds the splits test, train: point --root at one"):
+        scan_layout('dehazeformer', parent)
+    assert make_pair_list.main(['--layout', 'auto', '--root', root, '--out', out]) == 0
+    assert 'auto: --layout dehazeformer pairs 3 files' in capsys.readouterr().out
+    assert [(p.lq, p.gt) for p in read_pair_list(out)] == pairs
+
+
+def test_list_paths_with_spaces_quoted_or_tab_separated(tmp_path):
+    _, root, pairs, _, images = build_tree(tmp_path, 'ddn_archive')
+    list_file = str(tmp_path / 'ddn.txt')
+    write_pair_list(list_file, pairs)
+    with open(list_file) as handle:
+        assert handle.readline() == '"rainy image/901_1.jpg" "ground truth/901.jpg"\n'
+    with open(list_file, 'a') as handle:  # the other accepted forms: a tab between the paths, quotes as needed
+        handle.write('rainy image/901_14.jpg\tground truth/901.jpg\n"rainy image/902_3.jpg" ./"ground truth"/902.jpg\n')
+    with pytest.raises(ValueError, match=r'line 5: unbalanced double quote'):
+        read_pair_list(list_file)
+    with open(list_file) as handle:
+        lines = handle.readlines()[:4]
+    with open(list_file, 'w') as handle:
+        handle.writelines(lines + ['"rainy image/902_3.jpg"   "ground truth/902.jpg"  \n'])
+    assert [(p.line, p.lq, p.gt) for p in read_pair_list(list_file)] == [
+        (1, *pairs[0]), (2, *pairs[1]), (3, *pairs[2]), (4, *pairs[1]), (5, *pairs[2])]
+    with open(list_file, 'a') as handle:
+        handle.write('rainy image/1_1.jpg ground truth/1.jpg\n')
+    with pytest.raises(ValueError, match=r'line 6: expected .*4 fields; write a path holding spaces in double quotes'):
+        read_pair_list(list_file)
+    write_pair_list(list_file, pairs)
+    db = str(tmp_path / 'ddn.lmdb')  # keys percent-encode the space; the lmdb reads back the same images
+    assert create_lmdb.main(['--list', list_file, '--dataroot', root, '--out', db, '--no-progress']) == 0
+    assert path_to_key('rainy image/901_1.jpg') in read_keys(db)
+    from_db = build_dataset(opt(dataroot=db, list_file=list_file, io_backend=dict(type='lmdb')))
+    assert torch.equal(from_db[1]['lq'], as_tensor(images['rainy image/901_14.jpg']))
+    assert torch.equal(from_db[2]['gt'], as_tensor(images['ground truth/902.jpg']))
+
+
+class Records(list):
+    """The messages of BasicSR's logger (it does not propagate, so pytest's caplog misses them)."""
+
+    def __enter__(self):
+        import logging
+        self.handler = logging.Handler()
+        self.handler.emit = lambda record: self.append(record.getMessage())
+        logging.getLogger('basicsr').addHandler(self.handler)
+        return self
+
+    def __exit__(self, *exc):
+        import logging
+        logging.getLogger('basicsr').removeHandler(self.handler)
+
+
+@pytest.fixture(scope='module')
+def ots_small(tmp_path_factory):
+    """An OTS tree whose part2 images are smaller than the 32-pixel patch, and its list."""
+    tmp = tmp_path_factory.mktemp('ots')
+    root, rng = str(tmp / 'OTS'), np.random.default_rng(4)
+    pairs = []
+    for index in range(1, 7):
+        size = (24, 48) if index in (2, 5) else (H, W)
+        lq, gt = f'hazy/part{1 + index % 2}/{index:04d}_0.8_0.2.jpg', f'clear/{index:04d}.jpg'
+        write(root, lq, rng, size)
+        write(root, gt, rng, size)
+        pairs.append((lq, gt))
+    list_file = str(tmp / 'ots.txt')
+    write_pair_list(list_file, pairs)
+    return root, list_file, pairs
+
+
+def test_min_size_policy_skip_resample_error(ots_small):
+    root, list_file, pairs = ots_small
+    small = [pairs[1][0], pairs[4][0]]
+    with Records() as records:
+        skip = build_dataset(opt('train', dataroot=root, list_file=list_file))  # the default policy
+    assert len(skip) == 4 and not {p.lq for p in skip.pairs} & set(small)
+    assert len(records) == 1 and '2 of 6 pairs have an LQ image smaller than the 32x32 LQ patch' in records[0]
+    assert all(name in records[0] for name in small) and 'line 2' in records[0] and '4 pairs remain' in records[0]
+    skip_opt = opt('train', dataroot=root, list_file=list_file, batch_size_per_gpu=4)
+    loader = build_dataloader(skip, skip_opt, num_gpu=0, dist=False, sampler=None, seed=0)
+    assert [batch['lq'].shape for batch in loader] == [(4, 3, 32, 32)]  # a whole epoch, no crash
+
+    with pytest.raises(ValueError, match=r'2 of 6 pairs .*0002_0\.8_0\.2\.jpg.*line 2.*min_size_policy: skip'):
+        build_dataset(opt('train', dataroot=root, list_file=list_file, min_size_policy='error'))
+    with pytest.raises(ValueError, match=r'6 of 6 pairs .*Nothing would be left to train on: lower gt_size'):  # nothing would be left
+        build_dataset(opt('train', dataroot=root, list_file=list_file, gt_size=48))
+    with pytest.raises(ValueError, match='min_size_policy must be one of'):
+        build_dataset(opt('train', dataroot=root, list_file=list_file, min_size_policy='drop'))
+    assert len(build_dataset(opt(dataroot=root, list_file=list_file))) == 6  # validation keeps whole images
+
+    resample = build_dataset(opt('train', dataroot=root, list_file=list_file, min_size_policy='resample'))
+    assert len(resample) == 6
+    import random
+    random.seed(0)
+    with Records() as records:
+        items = [resample[index] for index in (1, 4, 1)]
+    assert all(item['lq'].shape == (3, 32, 32) and item['lq_path'] not in small for item in items)
+    assert len(records) == 2 and 'drawing another pair instead' in records[0] and small[0] in records[0]
+    assert '2 such images met so far' in records[1]
+
+
+def test_zero_byte_and_empty_values_are_named(tmp_path, ots_small):
+    _, root, pairs, _, _ = build_tree(tmp_path, 'reside_its')
+    list_file, db = str(tmp_path / 'pairs.txt'), str(tmp_path / 'ITS.lmdb')
+    write_pair_list(list_file, pairs)
+    write_lmdb(lmdb_items(root, pairs), db, progress=False)
+    open(os.path.join(root, 'clear/2.png'), 'wb').close()  # a 0-byte GT on disk, line 3
+    with pytest.raises(ValueError, match=r"gt '.*clear/2\.png' \(.*pairs\.txt, line 3\): 0 bytes.*remove line 3"):
+        build_dataset(opt(dataroot=root, list_file=list_file))[2]
+    open(os.path.join(root, 'hazy/1_2_0.82193.png'), 'wb').close()  # a 0-byte LQ: training names it at start
+    with pytest.raises(ValueError, match=r"lq '.*hazy/1_2_0\.82193\.png' \(.*line 2\): 0 bytes"):
+        build_dataset(opt('train', dataroot=root, list_file=list_file))
+
+    lmdb_writer.close_shared_envs()
+    import lmdb
+    with lmdb.open(db) as env, env.begin(write=True) as txn:  # an empty lmdb value, as a cut-short copy leaves
+        txn.put(b'clear/1', b'')
+    dataset = build_dataset(opt(dataroot=db, list_file=list_file, io_backend=dict(type='lmdb')))
+    with pytest.raises(ValueError, match=r"lmdb key 'clear/1'\) \(.*line 1\): 0 bytes.*--repair"):
+        dataset[0]
+
+
+def test_basicsr_paired_image_dataset_names_bad_files_and_keys(tmp_path):
+    _, root, _, _, _ = build_tree(tmp_path, 'folders')
+    folder_opt = dict(name='bs', type='PairedImageDataset', phase='val', scale=1, io_backend=dict(type='disk'),
+                      dataroot_gt=f'{root}/gt', dataroot_lq=f'{root}/lq', filename_tmpl='{}')
+    open(os.path.join(root, 'lq/b.png'), 'wb').close()
+    dataset = PairedImageDataset(copy.deepcopy(folder_opt))
+    assert dataset[0]['lq'].shape == (3, H, W)
+    with pytest.raises(ValueError, match=r"image file '.*lq/b\.png': 0 bytes .*replace the file"):
+        dataset[1]
+    with open(os.path.join(root, 'lq/b.png'), 'wb') as handle:
+        handle.write(b'\x89PNG\r\n\x1a\n not really')
+    with pytest.raises(ValueError, match=r"lq/b\.png': cannot decode 19 bytes: corrupt"):
+        PairedImageDataset(copy.deepcopy(folder_opt))[1]
+
+    write(root, 'lq/b.png', np.random.default_rng(5))
+    lq_db, gt_db = str(tmp_path / 'lq.lmdb'), str(tmp_path / 'gt.lmdb')
+    assert create_lmdb.main(['--lq-folder', f'{root}/lq', '--gt-folder', f'{root}/gt', '--out-lq', lq_db,
+                             '--out-gt', gt_db, '--no-progress']) == 0
+    lmdb_writer.close_shared_envs()
+    import lmdb
+    with lmdb.open(gt_db) as env, env.begin(write=True) as txn:
+        txn.put(b'a', b'')
+        txn.delete(b'b')
+    lmdb_opt = dict(folder_opt, dataroot_gt=gt_db, dataroot_lq=lq_db, io_backend=dict(type='lmdb'))
+    dataset = PairedImageDataset(copy.deepcopy(lmdb_opt))
+    with pytest.raises(ValueError, match=r"lmdb key 'a' of '.*gt\.lmdb': 0 bytes.*--repair"):
+        dataset[0]
+    with pytest.raises(ValueError, match=r"lmdb key 'b' of '.*gt\.lmdb': not stored"):
+        dataset[1]
+    del dataset
+    gc.collect()

@@ -140,13 +140,13 @@ def test_bad_negative_shape(vgg16_file, batch):
 
 @pytest.mark.parametrize('kwargs, match', [
     ({'layer_weights': {'relu3_4': 1.0}}, 'Unknown vgg16 layer'),
-    ({'layer_weights': {}}, 'layer_weights is empty'),
-    ({'neg_weight': -0.1}, 'neg_weight must be a number >= 0'),
-    ({'neg_weight': 'automatic'}, "neg_weight must be a number >= 0 or 'auto'"),
+    ({'layer_weights': {}}, r'SPNLoss.layer_weights must be a non-empty mapping .*, got \{\}'),
+    ({'neg_weight': -0.1}, 'neg_weight must be a finite number >= 0'),
+    ({'neg_weight': 'automatic'}, "neg_weight must be a finite number >= 0 or 'auto', got 'automatic'"),
     ({'neg_weight': 'auto', 'auto_iters': 0}, 'auto_iters must be an integer >= 1'),
     ({'rec_loss': 'l2'}, 'rec_loss must be one of'),
     ({'vgg_type': 'vgg17'}, 'vgg_type'),
-    ({'vgg_fallback': 'download'}, "vgg_fallback must be 'error' or 'random'"),
+    ({'vgg_fallback': 'download'}, "vgg_fallback must be one of 'error', 'random', got 'download'"),
 ])
 def test_bad_arguments(vgg16_file, kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -281,5 +281,5 @@ def test_channels_last_auto_on_cpu_same_features_and_gradients(vgg16_file):
     auto.channels_last = False  # the layout follows the option at the next call
     auto(x)
     assert auto.features[0].weight.is_contiguous()
-    with pytest.raises(ValueError, match="channels_last must be true, false or 'auto'"):
+    with pytest.raises(ValueError, match="channels_last must be one of true, false, 'auto'.*, got 'cpu'"):
         VGGFeatures(layers, weights=vgg16_file, channels_last='cpu')

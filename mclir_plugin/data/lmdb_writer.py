@@ -17,7 +17,13 @@ made by BasicSR's scripts (``0001_s001``) are already in this form.
 
 **Resuming.** :func:`write_lmdb` skips every key already in the database (it reads the database, not the meta
 file), commits every ``batch`` images, and on any exit (an error, Ctrl-C) commits what it has written and rewrites
-``meta_info.txt`` to list exactly the keys in the database. Re-running the same command continues.
+``meta_info.txt`` to list exactly the keys in the database. Re-running the same command continues. A source image
+that cannot be read (0 bytes, corrupt) is reported with its key and path after the others are written.
+
+**Verifying and repairing.** A stored value can be bad (a disk error, a copy cut short, an earlier tool): resuming
+skips it, since its key is stored. :func:`verify_lmdb` decodes every value and checks it against the meta file,
+returning each bad key with the reason; ``write_lmdb(..., rewrite=keys)`` writes those keys again from their source
+images (``tools/create_lmdb.py --verify`` / ``--repair``).
 """
 from __future__ import annotations
 
@@ -30,6 +36,7 @@ from urllib.parse import quote, unquote
 import cv2
 import numpy as np
 
+from mclir_plugin.data.image_io import ImageReadError, decode_image
 from mclir_plugin.data.pair_layouts import normalise_rel_path
 
 META_FILE = 'meta_info.txt'
@@ -41,6 +48,23 @@ _MAX_KEY_BYTES = 511  # lmdb's default maximum key size
 
 class LmdbMismatchError(ValueError):
     """An lmdb and its ``meta_info.txt`` (or the keys a dataset needs) do not agree."""
+
+
+class BadSourceImagesError(ImageReadError):
+    """Source images :func:`write_lmdb` could not store; ``bad`` holds ``(key, path, reason)`` of each and
+    ``report`` what was written."""
+
+    def __init__(self, message: str, bad: list[tuple[str, str, str]], report: 'LmdbWriteReport') -> None:
+        super().__init__(message)
+        self.bad, self.report = bad, report
+
+
+class BadValuesError(LmdbMismatchError):
+    """Stored values that are not PNG images; ``keys`` names them and ``report`` says what was written."""
+
+    def __init__(self, message: str, keys: list[str], report: 'LmdbWriteReport') -> None:
+        super().__init__(message)
+        self.keys, self.report = keys, report
 
 
 def path_to_key(rel_path: str) -> str:
@@ -175,12 +199,12 @@ def encode_image(path: str, compress_level: int = 1) -> tuple[bytes, tuple[int, 
         tuple[bytes, tuple[int, int, int]]: The PNG bytes and ``(h, w, c)``.
 
     Raises:
-        ValueError: The file cannot be decoded (corrupt or not an image).
+        ImageReadError: The file is empty or cannot be decoded (corrupt or not an image), named.
     """
     # np.fromfile + imdecode rather than cv2.imread: the same decoder, and non-ASCII paths work everywhere.
-    img = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise ValueError(f'cannot decode {path!r}: corrupt or not an image; replace it and re-run (resumes)')
+    img = decode_image(np.fromfile(path, dtype=np.uint8).tobytes(), f'source image {path!r}',
+                       'replace it with a good copy (or remove it from the list) and re-run: it resumes',
+                       cv2.IMREAD_UNCHANGED)
     ok, buf = cv2.imencode('.png', img, [cv2.IMWRITE_PNG_COMPRESSION, compress_level])
     if not ok:
         raise ValueError(f'cannot PNG-encode {path!r} (shape {img.shape}, dtype {img.dtype})')
@@ -190,12 +214,76 @@ def encode_image(path: str, compress_level: int = 1) -> tuple[bytes, tuple[int, 
 
 @dataclass
 class LmdbWriteReport:
-    """What :func:`write_lmdb` did: ``total`` distinct keys asked for, ``written`` now, ``skipped`` (already in)."""
+    """What :func:`write_lmdb` did: ``total`` distinct keys asked for, ``written`` now (``rewritten`` of them
+    replaced a stored value), ``skipped`` (already in)."""
 
     lmdb_path: str
     total: int
     written: int
     skipped: int
+    rewritten: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class BadValue:
+    """A stored value that fails :func:`verify_lmdb`: its ``key`` and the ``reason``."""
+
+    key: str
+    reason: str
+
+
+def check_value(value: 'bytes | None', meta_shape: 'tuple[int, int, int] | None' = None) -> 'str | None':
+    """Why a stored value is bad (None when it decodes as a PNG of the meta file's shape).
+
+    Args:
+        value (bytes | None): The stored bytes.
+        meta_shape (tuple[int, int, int] | None): ``(h, w, c)`` from ``meta_info.txt``; None skips that check.
+    """
+    if value is None:
+        return 'not stored'
+    if len(value) == 0:
+        return 'empty value (0 bytes)'
+    try:
+        png_shape(value)
+    except ValueError:
+        return f'value is not a PNG image ({len(value)} bytes starting {bytes(value[:8])!r})'
+    img = cv2.imdecode(np.frombuffer(value, np.uint8), cv2.IMREAD_UNCHANGED)
+    if img is None:  # a valid header with cut or damaged data
+        return f'PNG data cannot be decoded ({len(value)} bytes: truncated or corrupt)'
+    shape = (*img.shape[:2], 1 if img.ndim == 2 else img.shape[2])
+    if meta_shape is not None and tuple(meta_shape) != shape:
+        return f'image is {shape} but {META_FILE} says {tuple(meta_shape)}'
+    return None
+
+
+def verify_lmdb(lmdb_path: str, progress: bool = True) -> list[BadValue]:
+    """Decode every value of an lmdb and check it against ``meta_info.txt``.
+
+    Args:
+        lmdb_path (str): The lmdb folder.
+        progress (bool): Show a tqdm progress bar. Defaults to True.
+
+    Returns:
+        list[BadValue]: Each bad key with its reason (empty, not a PNG, undecodable, shape differing from the meta
+        file, listed in the meta file but not stored), in key order; empty when all are good.
+    """
+    from tqdm import tqdm
+
+    meta = read_meta_info(lmdb_path) if os.path.isfile(os.path.join(lmdb_path, META_FILE)) else {}
+    bad = []
+    with shared_env(lmdb_path).begin() as txn:
+        stored = txn.stat()['entries']
+        for raw_key, value in tqdm(txn.cursor(), total=stored, desc=f'verify {os.path.basename(lmdb_path)}',
+                                   unit='img', disable=not progress):
+            key = raw_key.decode('ascii')
+            reason = check_value(value, meta.get(key))
+            if not reason and meta and key not in meta:
+                reason = f'stored but not listed in {META_FILE} (re-running tools/create_lmdb.py rewrites it)'
+            if reason:
+                bad.append(BadValue(key, reason))
+        bad += [BadValue(key, f'listed in {META_FILE} but not stored') for key in meta
+                if txn.get(key.encode('ascii')) is None]
+    return sorted(bad, key=lambda item: item.key)
 
 
 def _unique_items(items: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -214,7 +302,8 @@ def write_lmdb(items: Sequence[tuple[str, str]],
                compress_level: int = 1,
                batch: int = 1000,
                map_size: 'int | None' = None,
-               progress: bool = True) -> LmdbWriteReport:
+               progress: bool = True,
+               rewrite: Iterable[str] = ()) -> LmdbWriteReport:
     """Store image files in an lmdb under the given keys, resuming an earlier, interrupted run.
 
     Args:
@@ -225,17 +314,28 @@ def write_lmdb(items: Sequence[tuple[str, str]],
         map_size (int | None): lmdb map size in bytes. Defaults to None: 10x the source files' size plus the
             current database (space is only used as written).
         progress (bool): Show a tqdm progress bar. Defaults to True.
+        rewrite (Iterable[str]): Stored keys to write again from their source (repairing bad values, see
+            :func:`verify_lmdb`); each must be one of ``items``' keys. Defaults to ().
 
     Returns:
         LmdbWriteReport: Counts of the keys written and skipped.
 
     Raises:
         FileNotFoundError: A source file is missing (checked before anything is written).
-        ValueError: A bad key, a key with two files, a corrupt image (after committing the images before it).
+        BadSourceImagesError: Source images that are empty or corrupt, each named with its key (the others are
+            written and committed first).
+        BadValuesError: Stored values (not rewritten) that are not PNG images, named; ``meta_info.txt`` then
+            lists the good ones.
+        ValueError: A bad key, a key with two files, or a key to rewrite without a source among ``items``.
     """
     if not lmdb_path.endswith('.lmdb'):
         raise ValueError(f"lmdb path {lmdb_path!r} must end with '.lmdb' (BasicSR checks the suffix)")
     items = _unique_items(items)
+    rewrite = set(rewrite)
+    unknown = rewrite.difference(key for key, _ in items)
+    if unknown:
+        raise ValueError(f'{lmdb_path}: no source image is given for the keys to rewrite {_examples(unknown)}; '
+                         'pass the list or folders this lmdb was built from')
     missing = [path for _, path in items if not os.path.isfile(path)]
     if missing:
         raise FileNotFoundError(f'{len(missing)} source files do not exist, e.g. {missing[:3]}; fix the list or '
@@ -249,23 +349,39 @@ def write_lmdb(items: Sequence[tuple[str, str]],
     close_shared_envs(lmdb_path)  # a reader's handle in this process would make lmdb refuse the writer's
     env = lmdb.open(lmdb_path, map_size=map_size)
     shapes: dict[str, tuple[int, int, int]] = {}
+    failed: list[tuple[str, str, str]] = []
     try:
         with env.begin() as txn:
             stored = {key.decode('ascii') for key in txn.cursor().iternext(keys=True, values=False)}
-        todo = [(key, path) for key, path in items if key not in stored]
-        _write_values(env, todo, shapes, compress_level, batch, progress, os.path.basename(lmdb_path))
+        todo = [(key, path) for key, path in items if key not in stored or key in rewrite]
+        _write_values(env, todo, shapes, compress_level, batch, progress, os.path.basename(lmdb_path), failed)
     finally:
         # Also after an error: the meta file then lists what the committed transactions hold, nothing more.
-        _write_meta(env, lmdb_path, [key for key, _ in items], shapes, compress_level)
+        bad_values = _write_meta(env, lmdb_path, [key for key, _ in items], shapes, compress_level)
         env.close()
-    return LmdbWriteReport(lmdb_path, len(items), len(todo), len(items) - len(todo))
+    written = len(todo) - len(failed)
+    report = LmdbWriteReport(lmdb_path, len(items), written, len(items) - len(todo),
+                             tuple(key for key, _ in todo if key in rewrite and key not in {f[0] for f in failed}))
+    if bad_values:
+        raise BadValuesError(f'{lmdb_path}: {len(bad_values)} stored values are not PNG images: '
+                             f'{_examples(bad_values, 20)}. Run tools/create_lmdb.py again with the same arguments '
+                             'plus --repair to rewrite them from their source images (--verify lists every bad value '
+                             'and why).', bad_values, report)
+    if failed:
+        lines = ''.join(f'\n  key {key!r}: {reason}' for key, _, reason in failed[:20])
+        more = f'\n  ... and {len(failed) - 20} more' if len(failed) > 20 else ''
+        raise BadSourceImagesError(f'{lmdb_path}: {len(failed)} source images could not be stored (the other '
+                                   f'{written} were):{lines}{more}', failed, report)
+    return report
 
 
 def _write_values(env, todo: Sequence[tuple[str, str]], shapes: dict, compress_level: int, batch: int,
-                  progress: bool, name: str) -> None:
+                  progress: bool, name: str, failed: list) -> None:
     """Put the ``todo`` images (their shapes into ``shapes``), committing every ``batch``.
 
-    On an error, the puts that completed are committed before it propagates.
+    A source that cannot be read is appended to ``failed`` as ``(key, path, reason)`` and skipped (a stored value
+    it was to replace is deleted, so that nothing bad stays listed). On any other error, the puts that completed
+    are committed before it propagates.
     """
     import lmdb
     from tqdm import tqdm
@@ -273,7 +389,12 @@ def _write_values(env, todo: Sequence[tuple[str, str]], shapes: dict, compress_l
     txn = env.begin(write=True)
     try:
         for count, (key, path) in enumerate(tqdm(todo, desc=f'write {name}', unit='img', disable=not progress), 1):
-            value, shapes[key] = encode_image(path, compress_level)
+            try:
+                value, shapes[key] = encode_image(path, compress_level)
+            except ImageReadError as err:
+                failed.append((key, path, str(err)))
+                txn.delete(key.encode('ascii'))
+                continue
             txn.put(key.encode('ascii'), value)
             if count % batch == 0:
                 txn.commit()
@@ -290,17 +411,26 @@ def _write_values(env, todo: Sequence[tuple[str, str]], shapes: dict, compress_l
     txn.commit()
 
 
-def _write_meta(env, lmdb_path: str, keys: Sequence[str], shapes: dict, compress_level: int) -> None:
-    """Write ``meta_info.txt`` listing every stored key: ``keys``' order first, then any other stored keys."""
-    lines = []
+def _write_meta(env, lmdb_path: str, keys: Sequence[str], shapes: dict, compress_level: int) -> list[str]:
+    """Write ``meta_info.txt`` listing every stored key: ``keys``' order first, then any other stored keys.
+
+    Returns:
+        list[str]: Stored keys whose value has no readable PNG header; the meta file leaves them out.
+    """
+    lines, bad = [], []
     with env.begin() as txn:
         stored = {key.decode('ascii') for key in txn.cursor().iternext(keys=True, values=False)}
         in_order = [key for key in keys if key in stored] + sorted(stored.difference(keys))
         for key in in_order:
             # Keys written by an earlier run: their shape comes from the stored PNG header (no decoding).
-            h, w, c = shapes.get(key) or png_shape(txn.get(key.encode('ascii')))
+            try:
+                h, w, c = shapes.get(key) or png_shape(txn.get(key.encode('ascii')))
+            except ValueError:
+                bad.append(key)
+                continue
             lines.append(f'{key}.png ({h},{w},{c}) {compress_level}\n')
     tmp = os.path.join(lmdb_path, META_FILE + '.tmp')
     with open(tmp, 'w', encoding='utf-8') as handle:
         handle.writelines(lines)
     os.replace(tmp, os.path.join(lmdb_path, META_FILE))  # atomic: a crash here leaves the old meta file whole
+    return bad

@@ -6,36 +6,45 @@
     # lq gt (paths relative to dataroot_lq / dataroot_gt, or both to dataroot)
     hazy/1_1_0.90179.png clear/1.png
     hazy/1_2_0.82193.png clear/1.png
+    "rainy image/1_1.jpg" "ground truth/1.jpg"
 
 Blank lines and lines starting with ``#`` are skipped. Paths are always relative (to ``dataroot_lq`` and
 ``dataroot_gt``, which default to a common ``dataroot``): a leading ``/`` or ``./`` is dropped, so SPA-Data's
 official ``real_world.txt`` / ``real_test_1000.txt`` (``/real_world/000/...``) are valid list files as they are.
-Paths may not contain whitespace. A GT file may appear on many lines (RESIDE, SPA and DDN are many-to-one).
+A GT file may appear on many lines (RESIDE, SPA and DDN are many-to-one).
+
+**Paths with spaces** (DDN's ``rainy image/`` and ``ground truth/``): write the path in double quotes, as
+:func:`write_pair_list` does, or separate the two paths of the line by one tab (a line holding a tab is split at
+tabs only, so its paths may hold spaces without quotes). A path cannot hold a double quote, a tab or a newline.
 
 **Layouts** (:data:`LAYOUTS`; ``root`` is the folder named in each rule). Every layout scans its folders
 recursively, pairs each LQ file with the GT file whose *key* matches, and reports the rest as unmatched:
 
-==============  ===========================================  =============================================
-layout          LQ -> GT                                     key rule
-==============  ===========================================  =============================================
-``reside_its``  ``hazy/1_1_0.90179.png -> clear/1.png``      ``lq_stem.split('_')[0] == gt_stem``
-``reside_ots``  ``hazy/0001_0.8_0.2.jpg -> clear/0001.jpg``  same (``haze/`` and nested ``part*/`` work too)
-``sots``        ``hazy/1400_1.png -> gt/1400.png``;          same; the extensions may differ. ``root`` is
-                ``hazy/0001_0.8_0.2.jpg -> gt/0001.png``     ``indoor/``, ``outdoor/`` or their parent
-``reside6k``    ``hazy/x.png -> GT/x.png``                   equal stems (else ``split('_')[0]``)
-``rain_pairs``  ``rain-001.png -> norain-001.png``;          number of ``rain-N`` / ``norain-Nx2`` (LQ) ==
-                ``rain/X2/norain-1x2.png -> norain/norain-1``  number of ``norain-N`` (GT), anywhere in root
-``spa``         ``real_world/000/000-1/000-1_0_0.png``       ``{vid}-{frame}_{x}_{y} -> {vid}_{x}_{y}``;
-                ``-> real_world_gt/000/000_0_0.png``;        test set (root ``real_test_1000``):
-                ``rain/000.png -> gt/000gt.png``             ``N -> Ngt``
-``ddn``         ``rainy_image/1_1.jpg -> ground_truth/1.jpg``  ``lq_stem.split('_')[0] == gt_stem``
-``did``         ``input/1.jpg -> groundtruth/1.jpg``         equal stems (IDT's copy; see below)
-``folders``     ``lq/x.png -> gt/x.png``                     equal stems (``--lq-dir``/``--gt-dir``)
-==============  ===========================================  =============================================
+================  =============================================  ===============================================
+layout            LQ -> GT                                       key rule
+================  =============================================  ===============================================
+``reside_its``    ``hazy/1_1_0.90179.png -> clear/1.png``        ``lq_stem.split('_')[0] == gt_stem``
+``reside_ots``    ``hazy/0001_0.8_0.2.jpg -> clear/0001.jpg``    same (``haze/`` and nested ``part*/`` work too)
+``sots``          ``hazy/1400_1.png -> gt/1400.png``;            same; the extensions may differ. ``root`` is
+                  ``hazy/0001_0.8_0.2.jpg -> gt/0001.png``       ``indoor/``, ``outdoor/`` or their parent
+``dehazeformer``  ``hazy/x.png -> GT/x.png`` (DehazeFormer's     equal stems, one-to-one; ``root`` is a split,
+                  ``RESIDE-IN``/``-OUT``/``-6K`` repacks)        ``<set>/train`` or ``<set>/test``
+``reside6k``      ``hazy/x.png -> GT/x.png``                     equal stems (else ``split('_')[0]``)
+``rain_pairs``    ``rain-001.png -> norain-001.png``;            number of ``rain-N`` / ``norain-Nx2`` (LQ) ==
+                  ``rain/X2/norain-1x2.png -> norain/norain-1``  number of ``norain-N`` (GT), anywhere in root
+``spa``           ``real_world/000/000-1/000-1_0_0.png``         ``{vid}-{frame}_{x}_{y} -> {vid}_{x}_{y}``;
+                  ``-> real_world_gt/000/000_0_0.png``;          test set (root ``real_test_1000``):
+                  ``rain/000.png -> gt/000gt.png``               ``N -> Ngt``
+``ddn``           ``rainy image/1_1.jpg -> ground truth/1.jpg``  ``lq_stem.split('_')[0] == gt_stem``; also
+                  (the archive's folder names hold spaces)       ``rainy_image``, ``input``/``groundtruth``
+``did``           ``input/1.jpg -> groundtruth/1.jpg``           equal stems (IDT's copy; see below)
+``folders``       ``lq/x.png -> gt/x.png``                       equal stems (``--lq-dir``/``--gt-dir``)
+================  =============================================  ===============================================
 
-Each layout accepts a few folder names (:attr:`Layout.lq_dirs`, e.g. DDN's official ``rainy_image`` or IDT's
+Each layout accepts a few folder names (:attr:`Layout.lq_dirs`, e.g. DDN's official ``rainy image`` or IDT's
 ``input``). The official DID-MDN release stores each pair side by side in one image: split it into ``input/``
-and ``groundtruth/`` first.
+and ``groundtruth/`` first. :func:`suggest_layouts` scans a folder with every layout and ranks them by pairs
+found (``tools/make_pair_list.py --layout auto``, and its advice when the chosen layout finds no pairs).
 """
 from __future__ import annotations
 
@@ -69,6 +78,7 @@ class Layout:
         lq_keys (Callable): Maps an LQ file stem to its candidate keys, tried in order (empty: not in the layout).
         gt_key (Callable): Maps a GT file stem to its key, or None when the name is not in the layout.
         many_to_one (bool): Whether several LQ files may share one GT file.
+        about (str): The datasets it is for, in a few words (shown in suggestions). Defaults to ''.
     """
 
     name: str
@@ -77,6 +87,7 @@ class Layout:
     lq_keys: Callable[[str], tuple[str, ...]]
     gt_key: Callable[[str], 'str | None']
     many_to_one: bool
+    about: str = ''
 
 
 @dataclass
@@ -125,25 +136,34 @@ def _first(keys: Callable[[str], tuple[str, ...]]) -> Callable[[str], 'str | Non
 
 _HAZY_DIRS = ('hazy', 'haze', 'Hazy')
 _CLEAR_DIRS = ('clear', 'gt', 'GT', 'Clear')
-_RAIN_LQ_DIRS = ('rainy_image', 'input', 'rain', 'rainy')
-_RAIN_GT_DIRS = ('ground_truth', 'groundtruth', 'norain', 'gt')
+_RAIN_LQ_DIRS = ('rainy image', 'rainy_image', 'input', 'rain', 'rainy')  # DDN's archive: 'rainy image'
+_RAIN_GT_DIRS = ('ground truth', 'ground_truth', 'groundtruth', 'norain', 'gt')
 _identity: Callable[[str], tuple[str, ...]] = lambda stem: (stem,)  # noqa: E731
 
 #: The known layouts by ``--layout`` name. ``spa`` is the training tree; :func:`scan_layout` switches to
 #: :data:`SPA_TEST` when the root holds ``rain/`` and ``gt/`` instead.
 LAYOUTS: dict[str, Layout] = {
-    'reside_its': Layout('reside_its', ('hazy',), _CLEAR_DIRS, _prefix_key, lambda s: s, True),
-    'reside_ots': Layout('reside_ots', _HAZY_DIRS, _CLEAR_DIRS, _prefix_key, lambda s: s, True),
-    'sots': Layout('sots', _HAZY_DIRS, ('gt', 'GT', 'clear'), _prefix_key, lambda s: s, True),
-    'reside6k': Layout('reside6k', _HAZY_DIRS, ('GT', 'gt', 'clear'), _same_or_prefix_key, lambda s: s, True),
+    'reside_its': Layout('reside_its', ('hazy',), _CLEAR_DIRS, _prefix_key, lambda s: s, True,
+                         'RESIDE ITS: hazy/1_1_0.90179.png -> clear/1.png'),
+    'reside_ots': Layout('reside_ots', _HAZY_DIRS, _CLEAR_DIRS, _prefix_key, lambda s: s, True,
+                         'RESIDE OTS: hazy/0001_0.8_0.2.jpg -> clear/0001.jpg'),
+    'sots': Layout('sots', _HAZY_DIRS, ('gt', 'GT', 'clear'), _prefix_key, lambda s: s, True,
+                   'RESIDE SOTS indoor/outdoor: hazy/1400_1.png -> gt/1400.png'),
+    # Before reside6k: on a DehazeFormer repack both find the same pairs, and this name says what the tree is.
+    'dehazeformer': Layout('dehazeformer', ('hazy',), ('GT', 'gt', 'clear'), _identity, lambda s: s, False,
+                           "DehazeFormer's repacks RESIDE-IN/OUT/6K: <set>/{train,test}/{hazy,GT}, equal names"),
+    'reside6k': Layout('reside6k', _HAZY_DIRS, ('GT', 'gt', 'clear'), _same_or_prefix_key, lambda s: s, True,
+                       'RESIDE-6K: hazy/x.png -> GT/x.png'),
     'rain_pairs': Layout('rain_pairs', ('',), ('',), _regex_key(r'rain-(\d+)', r'norain-(\d+)x\d+'),
-                         _first(_regex_key(r'norain-(\d+)')), False),
+                         _first(_regex_key(r'norain-(\d+)')), False,
+                         'Rain100/Rain200: rain-001.png -> norain-001.png, rain/X2/norain-1x2.png -> norain-1.png'),
     'spa': Layout('spa', ('real_world',), ('real_world_gt',), _regex_key(r'(.+)-\d+_(\d+)_(\d+)'),
-                  _first(_regex_key(r'(.+)_(\d+)_(\d+)')), True),
-    'ddn': Layout('ddn', _RAIN_LQ_DIRS, _RAIN_GT_DIRS, _prefix_key, lambda s: s, True),
+                  _first(_regex_key(r'(.+)_(\d+)_(\d+)')), True, 'SPA-Data: real_world/ -> real_world_gt/'),
+    'ddn': Layout('ddn', _RAIN_LQ_DIRS, _RAIN_GT_DIRS, _prefix_key, lambda s: s, True,
+                  "DDN-Data: 'rainy image/1_1.jpg' -> 'ground truth/1.jpg'"),
     'did': Layout('did', ('input', 'rain', 'rainy_image'), ('groundtruth', 'ground_truth', 'norain', 'gt'),
-                  _identity, lambda s: s, False),
-    'folders': Layout('folders', ('lq',), ('gt',), _identity, lambda s: s, False),
+                  _identity, lambda s: s, False, "DID-Data (IDT's copy): input/1.jpg -> groundtruth/1.jpg"),
+    'folders': Layout('folders', ('lq',), ('gt',), _identity, lambda s: s, False, 'lq/x.png -> gt/x.png'),
 }
 #: SPA-Data's test set ``real_test_1000/{rain/000.png, gt/000gt.png}``.
 SPA_TEST = Layout('spa', ('rain',), ('gt',), _regex_key(r'(.+)'), _first(_regex_key(r'(.+)gt')), False)
@@ -230,8 +250,13 @@ def _pick_dir(root: str, candidates: Sequence[str], side: str, layout: str) -> s
     for name in candidates:
         if os.path.isdir(os.path.join(root, name)):
             return name
-    raise FileNotFoundError(f'{layout}: no {side} folder under {root!r} (looked for {", ".join(candidates)}); '
-                            f'point --root at the folder holding them, or name the folder with --{side}-dir.')
+    # A set's top folder (DehazeFormer's RESIDE-IN/{train,test}, DDN's training/testing): name its splits.
+    splits = sorted(d for d in os.listdir(root) if any(os.path.isdir(os.path.join(root, d, c)) for c in candidates))
+    hint = (f'{root!r} holds the splits {", ".join(splits)}: point --root at one of them (e.g. '
+            f'{os.path.join(root, splits[0])!r}); a list holds one split' if splits else
+            f'point --root at the folder holding them, or name the folder with --{side}-dir')
+    raise FileNotFoundError(f'{layout}: no {side} folder under {root!r} (looked for '
+                            f'{", ".join(repr(c) for c in candidates)}); {hint}.')
 
 
 def scan_layout(layout: str, root: str, lq_dir: 'str | None' = None, gt_dir: 'str | None' = None) -> PairScan:
@@ -269,6 +294,30 @@ def scan_layout(layout: str, root: str, lq_dir: 'str | None' = None, gt_dir: 'st
     return _merge([('', scan)], lq_name, gt_name)
 
 
+def suggest_layouts(root: str, exclude: Sequence[str] = ()) -> list[tuple[str, int]]:
+    """Scan ``root`` with every layout (but ``exclude``) and rank those that pair files.
+
+    Args:
+        root (str): The dataset folder.
+        exclude (Sequence[str]): Layout names to leave out (the one already tried). Defaults to ().
+
+    Returns:
+        list[tuple[str, int]]: ``(layout, number of pairs)`` for every layout finding at least one pair, most
+        pairs first (ties in :data:`LAYOUTS` order).
+    """
+    found = []
+    for name in LAYOUTS:
+        if name in exclude:
+            continue
+        try:
+            pairs = len(scan_layout(name, root).pairs)
+        except (OSError, ValueError):
+            continue
+        if pairs:
+            found.append((name, pairs))
+    return sorted(found, key=lambda item: -item[1])
+
+
 def _join(*parts: str) -> str:
     return posixpath.join(*[p for p in parts if p]) if any(parts) else ''
 
@@ -301,8 +350,30 @@ def normalise_rel_path(path: str) -> str:
     return '' if path == '.' else path
 
 
+_FIELD = re.compile(r'"([^"]*)"|(\S+)')
+_PATH_FORBIDDEN = ('"', '\t', '\n', '\r')
+
+
+def split_list_line(line: str) -> list[str]:
+    """The paths of one list line: split at tabs when it holds one, else at spaces outside double quotes.
+
+    Raises:
+        ValueError: A double quote is not closed, or stands inside an unquoted path.
+    """
+    text = line.rstrip('\r\n')
+    if '\t' in text:
+        return [field.strip() for field in text.split('\t') if field.strip()]
+    fields = []
+    for match in _FIELD.finditer(text):
+        quoted, bare = match.groups()
+        if bare is not None and '"' in bare:
+            raise ValueError(f'unbalanced double quote in {bare!r}: quote a whole path ("rainy image/1_1.jpg")')
+        fields.append(quoted if quoted is not None else bare)
+    return fields
+
+
 def read_pair_list(list_file: str) -> list[PairLine]:
-    """Read a list file (format in the module docstring).
+    """Read a list file (format in the module docstring; paths with spaces quoted or tab-separated).
 
     Raises:
         FileNotFoundError: The file does not exist.
@@ -314,30 +385,44 @@ def read_pair_list(list_file: str) -> list[PairLine]:
     pairs = []
     with open(list_file, encoding='utf-8') as handle:
         for number, line in enumerate(handle, 1):
-            fields = line.split()
-            if not fields or fields[0].startswith('#'):
+            if not line.strip() or line.lstrip().startswith('#'):
                 continue
+            try:
+                fields = split_list_line(line)
+            except ValueError as err:
+                raise ValueError(f'{list_file}, line {number}: {err}') from None
             if len(fields) != 2:
                 raise ValueError(f'{list_file}, line {number}: expected "<lq path> <gt path>", got {line.strip()!r} '
-                                 f'({len(fields)} fields; paths may not contain spaces)')
+                                 f'({len(fields)} fields; write a path holding spaces in double quotes, or separate '
+                                 'the two paths by a tab)')
             pairs.append(PairLine(number, normalise_rel_path(fields[0]), normalise_rel_path(fields[1])))
     if not pairs:
         raise ValueError(f'list file {list_file!r} holds no pairs')
     return pairs
 
 
+def format_list_path(path: str) -> str:
+    """A path as a list file writes it: in double quotes when it holds whitespace.
+
+    Raises:
+        ValueError: The path is empty or holds a double quote, tab or newline (no list line can hold those).
+    """
+    if not path or any(ch in path for ch in _PATH_FORBIDDEN):
+        raise ValueError(f'cannot list {path!r}: list paths may not be empty or hold a double quote, tab or newline; '
+                         'rename the file or folder')
+    return f'"{path}"' if any(ch.isspace() for ch in path) else path
+
+
 def write_pair_list(list_file: str, pairs: Sequence[tuple[str, str]], header: str = '') -> None:
     """Write ``pairs`` as a list file, after a ``#`` comment ``header`` (one or more lines).
 
+    Paths holding spaces are written in double quotes (DDN's ``"rainy image/1_1.jpg"``).
+
     Raises:
-        ValueError: A path contains whitespace (the format separates paths by whitespace).
+        ValueError: A path is empty or holds a double quote, tab or newline.
     """
-    for lq, gt in pairs:
-        for path in (lq, gt):
-            if not path or any(ch.isspace() for ch in path):
-                raise ValueError(f'cannot list {path!r}: list paths may not be empty or contain whitespace; rename '
-                                 'the file or folder (e.g. DDN\'s "ground truth" to "ground_truth")')
+    lines = [f'{format_list_path(lq)} {format_list_path(gt)}\n' for lq, gt in pairs]
     os.makedirs(os.path.dirname(os.path.abspath(list_file)), exist_ok=True)
     with open(list_file, 'w', encoding='utf-8') as handle:
         handle.writelines(f'# {line}\n' for line in header.splitlines())
-        handle.writelines(f'{lq} {gt}\n' for lq, gt in pairs)
+        handle.writelines(lines)

@@ -20,6 +20,15 @@ Example option blocks (``type: PairedListDataset``)::
       io_backend: {type: lmdb}
       gt_crop: center                        # the GT has a 10-px border: centre-crop it to the hazy size
 
+**Images smaller than the patch** (RESIDE OTS holds some below 256 pixels a side): BasicSR's random crop would
+stop the run in the middle of an epoch. ``min_size_policy`` decides, for training only:
+
+* ``skip`` (default; what DehazeFormer did to OTS): at start, read every LQ image's size (its header on disk, the
+  meta file of an lmdb), drop the pairs smaller than ``gt_size / scale`` and log how many and which;
+* ``resample`` (FFA-Net's loader): keep them listed; a draw that hits one takes a random other pair instead
+  (Python's ``random``, seeded by BasicSR as the crops are; each small image logged once per process);
+* ``error``: stop at start, naming them.
+
 With ``io_backend: {type: lmdb}`` each list path is read under the key :func:`~mclir_plugin.data.lmdb_writer.
 path_to_key` gives it (``hazy/1_1_0.90179.png -> hazy/1_1_0%2E90179``); one lmdb may hold both sides (a common
 ``dataroot``) or each side its own. Without ``list_file``, the pairs are the keys the LQ and GT lmdbs share, as
@@ -28,20 +37,25 @@ in BasicSR (lmdbs of plain paired folders).
 from __future__ import annotations
 
 import os
+import random
 from typing import Any, NamedTuple
 
 import numpy as np
 from torch.utils import data
 
 from basicsr.data.transforms import augment, paired_random_crop
-from basicsr.utils import FileClient, imfrombytes, img2tensor
+from basicsr.utils import FileClient, get_root_logger, img2tensor
 from basicsr.utils.file_client import LmdbBackend
 from basicsr.utils.registry import DATASET_REGISTRY
+from mclir_plugin.data.image_io import FILE_FIX, LMDB_FIX, decode_image
 from mclir_plugin.data.lmdb_writer import LmdbMismatchError, check_lmdb, key_to_path, path_to_key, shared_env
 from mclir_plugin.data.pair_layouts import PairLine, read_pair_list
 
 GT_CROPS = ('center', 'topleft', 'none')
 BACKENDS = ('disk', 'lmdb')
+MIN_SIZE_POLICIES = ('skip', 'resample', 'error')
+RESAMPLE_TRIES = 100  # draws before ``resample`` gives up (then nearly every image is too small: stop, named)
+SHOWN = 5  # files named in a log line or message
 
 
 class _Pair(NamedTuple):
@@ -71,9 +85,15 @@ class SharedLmdbBackend(LmdbBackend):
 
 
 class ListFileClient(FileClient):
-    """BasicSR's ``FileClient`` with :class:`SharedLmdbBackend` as its ``lmdb`` backend (disk unchanged)."""
+    """BasicSR's ``FileClient`` with :class:`SharedLmdbBackend` as its ``lmdb`` backend (disk unchanged).
+
+    ``get`` returns the raw bytes (or None): the dataset names a bad value itself, with its list line.
+    """
 
     _backends = dict(FileClient._backends, lmdb=SharedLmdbBackend)
+
+    def get(self, filepath: str, client_key: str = 'default') -> 'bytes | None':
+        return self.client.get(filepath, client_key) if self.backend == 'lmdb' else self.client.get(filepath)
 
 
 def crop_gt_to(img_gt: np.ndarray, height: int, width: int, mode: str, where: str) -> np.ndarray:
@@ -130,6 +150,8 @@ class PairedListDataset(data.Dataset):
             * gt_crop (str): ``center`` | ``topleft`` | ``none``, how a larger GT is cropped. Defaults to
               ``center`` (FFA-Net's RESIDE protocol; BasicSR's SR benchmarks use ``topleft``).
             * check_files (bool): On disk, check at start that every listed file exists. Defaults to True.
+            * min_size_policy (str): Train: ``skip`` | ``resample`` | ``error``, what to do with LQ images
+              smaller than the patch (module docstring). Defaults to ``skip``.
 
     Each item is ``{'lq', 'gt'}`` (RGB CHW float32 in [0, 1]) and ``{'lq_path', 'gt_path'}`` (the list path
     joined to its root; for lmdb the root is the lmdb folder).
@@ -145,6 +167,10 @@ class PairedListDataset(data.Dataset):
         self.train = opt.get('phase') == 'train'
         if self.train and not opt.get('gt_size'):
             raise KeyError(f'{self._name()}: training needs gt_size (the GT patch side), e.g. gt_size: 128')
+        self.min_size_policy = opt.get('min_size_policy', 'skip')
+        if self.min_size_policy not in MIN_SIZE_POLICIES:
+            raise ValueError(f'{self._name()}: min_size_policy must be one of {MIN_SIZE_POLICIES}, got '
+                             f'{self.min_size_policy!r}')
         backend = dict(opt.get('io_backend') or {'type': 'disk'})
         self.backend = backend.pop('type', 'disk')
         if self.backend not in BACKENDS:
@@ -168,6 +194,9 @@ class PairedListDataset(data.Dataset):
             self.client_kwargs = dict(backend, db_paths=[self.lq_root] if shared else [self.lq_root, self.gt_root],
                                       client_keys=['default'] if shared else ['lq', 'gt'])
         self.file_client = None  # made on first read, in the process that reads
+        self._small: set[int] = set()  # resample: indices found too small in this process
+        if self.train and self.min_size_policy in ('skip', 'error'):
+            self._drop_small_pairs()
 
     def _name(self) -> str:
         return f"dataset {self.opt.get('name')!r} (PairedListDataset)"
@@ -197,6 +226,55 @@ class PairedListDataset(data.Dataset):
                                                 f'exist (dataroot_{side} {root!r}); fix the list or the dataroot')
                     seen.add(path)
 
+    @property
+    def lq_patch(self) -> int:
+        """Side of the LQ training patch, ``gt_size // scale`` (what ``paired_random_crop`` cuts)."""
+        return int(self.opt['gt_size']) // self.scale
+
+    def _where(self, pair: _Pair, side: str) -> str:
+        """A pair's file (or lmdb key) and list line, for messages."""
+        text = f'{side} {os.path.join(getattr(self, f"{side}_root"), getattr(pair, side))!r}'
+        if self.backend == 'lmdb':
+            text += f' (lmdb key {getattr(pair, f"{side}_key")!r})'
+        return text + (f' ({self.list_file}, line {pair.line})' if pair.line else '')
+
+    def _fix(self, pair: _Pair) -> str:
+        if self.backend == 'lmdb':
+            return LMDB_FIX
+        return FILE_FIX if not pair.line else f'replace the file with a good copy, or remove line {pair.line}'
+
+    def _lq_size(self, pair: _Pair) -> tuple[int, int]:
+        """``(h, w)`` of a pair's LQ image without decoding it: the lmdb meta file, or the file's header."""
+        if self.backend == 'lmdb':
+            return self.meta['lq'][pair.lq_key][:2]
+        from PIL import Image  # Pillow reads only the header here
+        path = os.path.join(self.lq_root, pair.lq)
+        try:
+            with Image.open(path) as img:
+                return img.size[1], img.size[0]
+        except Exception:  # noqa: BLE001  (a format Pillow lacks, or a bad file: let OpenCV decide and name it)
+            with open(path, 'rb') as handle:
+                return decode_image(handle.read(), self._where(pair, 'lq'), self._fix(pair)).shape[:2]
+
+    def _drop_small_pairs(self) -> None:
+        """``skip``/``error``: find the pairs whose LQ is smaller than the patch, before training starts."""
+        small = [(pair, size) for pair in self.pairs if min(size := self._lq_size(pair)) < self.lq_patch]
+        if not small:
+            return
+        names = '; '.join(f'{self._where(pair, "lq")}: {h}x{w}' for pair, (h, w) in small[:SHOWN])
+        more = f' and {len(small) - SHOWN} more' if len(small) > SHOWN else ''
+        what = (f'{self._name()}: {len(small)} of {len(self.pairs)} pairs have an LQ image smaller than the '
+                f'{self.lq_patch}x{self.lq_patch} LQ patch (gt_size {self.opt["gt_size"]}, scale {self.scale}): '
+                f'{names}{more}')
+        if len(small) == len(self.pairs):
+            raise ValueError(f'{what}. Nothing would be left to train on: lower gt_size.')
+        if self.min_size_policy == 'error':
+            raise ValueError(f'{what}. Lower gt_size, remove them from {self.list_file or "the lmdb"}, or set '
+                             'min_size_policy: skip (drop them) or resample (draw another pair instead)')
+        dropped = {id(pair) for pair, _ in small}
+        self.pairs = [pair for pair in self.pairs if id(pair) not in dropped]
+        get_root_logger().warning(f'{what}; skipped (min_size_policy: skip), {len(self.pairs)} pairs remain.')
+
     def _lmdb_pairs(self, lines: list[PairLine] | None) -> tuple[list[_Pair], dict[str, dict]]:
         """The pairs and both sides' meta information, checked against the lmdbs."""
         meta = {'lq': check_lmdb(self.lq_root)}
@@ -222,7 +300,7 @@ class PairedListDataset(data.Dataset):
     def _read(self, pair: _Pair, side: str) -> np.ndarray:
         """Read one side of a pair as float32 BGR HWC in [0, 1], with errors naming the file and the line."""
         rel, root = getattr(pair, side), getattr(self, f'{side}_root')
-        where = f'{side} {os.path.join(root, rel)!r}' + (f' ({self.list_file}, line {pair.line})' if pair.line else '')
+        where = self._where(pair, side)
         if self.backend == 'lmdb':
             key = getattr(pair, f'{side}_key')
             buf = self.file_client.get(key, self.clients[side])
@@ -234,22 +312,38 @@ class PairedListDataset(data.Dataset):
                 buf = self.file_client.get(os.path.join(root, rel))
             except OSError as err:
                 raise FileNotFoundError(f'{where}: cannot read ({err})') from err
-        img = imfrombytes(buf)  # uint8 first: BasicSR's float32 path fails on undecodable bytes with no name
-        if img is None:
-            raise ValueError(f'{where}: cannot decode {len(buf)} bytes: corrupt or not an image; replace the file'
-                             + (' and rebuild its lmdb entry' if self.backend == 'lmdb' else ''))
-        img = img.astype(np.float32) / 255.
+        # Decoded here, not by imfrombytes: an empty or undecodable value is named with its key and list line.
+        img = decode_image(buf, where, self._fix(pair)).astype(np.float32) / 255.
         if self.backend == 'lmdb' and self.meta[side][key][:2] != img.shape[:2]:
             raise LmdbMismatchError(f'{where}: image is {img.shape[0]}x{img.shape[1]} but meta_info.txt of '
                                     f'{root!r} says {self.meta[side][key][0]}x{self.meta[side][key][1]}; rebuild '
                                     'the lmdb with tools/create_lmdb.py')
         return img
 
+    def _resample(self, index: int, pair: _Pair, img_lq: np.ndarray) -> int:
+        """``resample``: a random pair index in place of ``index``, whose LQ is too small (logged once)."""
+        if index not in self._small:
+            self._small.add(index)
+            get_root_logger().warning(
+                f'{self._name()}: {self._where(pair, "lq")} is {img_lq.shape[0]}x{img_lq.shape[1]}, smaller than the '
+                f'{self.lq_patch}x{self.lq_patch} LQ patch; drawing another pair instead (min_size_policy: '
+                f'resample; {len(self._small)} such images met so far in this process)')
+        return random.randrange(len(self.pairs))
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         if self.file_client is None:
             self.file_client = ListFileClient(self.backend, **self.client_kwargs)
-        pair = self.pairs[index]
-        img_gt, img_lq = self._read(pair, 'gt'), self._read(pair, 'lq')
+        for _ in range(RESAMPLE_TRIES):
+            pair = self.pairs[index]
+            img_lq = self._read(pair, 'lq')
+            if not self.train or min(img_lq.shape[:2]) >= self.lq_patch or self.min_size_policy != 'resample':
+                break
+            index = self._resample(index, pair, img_lq)
+        else:
+            raise ValueError(f'{self._name()}: {RESAMPLE_TRIES} random draws in a row found only LQ images smaller '
+                             f'than the {self.lq_patch}x{self.lq_patch} patch; lower gt_size or use '
+                             'min_size_policy: skip to drop them at start')
+        img_gt = self._read(pair, 'gt')
         where = f'pair {pair.lq!r} / {pair.gt!r}' + (f' (line {pair.line})' if pair.line else '')
         img_gt = crop_gt_to(img_gt, img_lq.shape[0] * self.scale, img_lq.shape[1] * self.scale, self.gt_crop, where)
         if self.train:

@@ -22,8 +22,12 @@ Caveats up front:
   decays, as in every published setting, the two are the same.
 * Buffers: the official code refreshes parameters only. ``update_buffers=True`` (default) also blends floating
   buffers (BatchNorm statistics) with ``lerp``, which leaves constant buffers bit-identical, and copies integer ones.
-* The fresh initialisation is drawn from its own seeded generator, so it is the same on every rank and does not
-  shift the caller's random stream (baseline and SPN runs with one seed see the same data and network init).
+* The fresh initialisation of negative ``i`` is drawn under its own seed, :func:`negative_seed` ``(seed, i)``, a
+  hash of the run's seed and ``i``, inside ``fork_rng``: it is the same on every rank, does not shift the caller's
+  random stream (baseline and SPN runs with one seed see the same data and network init), and is independent of
+  the network's own initialisation and of the other negatives, as the official code's ``build_network`` calls
+  are. (Seeding it with the run's seed itself, as earlier versions did, re-drew the network's initial weights:
+  negative 0 started as an exact copy and ``neg_start`` had no effect on it.)
 * Not built on mmengine's ``ExponentialMovingAverage``: it rejects ``momentum = 1 - d`` of 1 (an exact copy), warns
   for every official setting (momentum 0.9 > 0.5), and hard-copies on its first update, which would erase the start
   blend. The update itself is two ``_foreach`` calls. The class is an mmengine ``Hook`` so that its registry builds
@@ -39,6 +43,7 @@ Caveats up front:
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 from typing import Any, Callable, Sequence
 
@@ -48,11 +53,28 @@ from mmengine.registry import HOOKS
 from torch import nn
 
 from mclir_plugin.hooks.negative_fast_path import accelerate_negative
-from mclir_plugin.memory_layout import check_channels_last, use_channels_last
+from mclir_plugin.memory_layout import CHANNELS_LAST_OPTION, use_channels_last
+from mclir_plugin.option_schema import (Boolean, Choice, Integer, Number, OneOrList, Optional, OptionError, Text,
+                                        check_options)
 
 logger = logging.getLogger('basicsr')
 
 PAIRINGS = ('natural', 'official_reversed')
+# The hook's options (README, "The mclir block"); the model reports them under mclir.hook
+HOOK_OPTIONS = {
+    'neg_iter': OneOrList(Integer(low=1, note='iterations between refreshes')),
+    'neg_decay': OneOrList(Number(0, 1, high_open=True, note='the share a negative keeps of itself')),
+    'neg_start': Number(0, 1, note='the share of a fresh init at the start'),
+    'pairing': Choice(*PAIRINGS),
+    'update_buffers': Boolean(),
+    'seed': Optional(Integer(), note="~ = the run's manual_seed"),
+    'sync_check_interval': Integer(low=0, note='0 = off'),
+    'module_key': Optional(Text("an attribute name of runner.model such as 'net'")),
+    'adaptive_threshold': Optional(Number(low=0), note='~ = the interval schedule'),
+    'adaptive_decay': Number(0, 1, high_open=True),
+    'fast_forward': Boolean(),
+    'channels_last': CHANNELS_LAST_OPTION,
+}
 
 
 def unwrap(net: nn.Module) -> nn.Module:
@@ -75,11 +97,21 @@ def reinitialised_copy(net: nn.Module) -> nn.Module:
     return fresh
 
 
+def negative_seed(seed: int, index: int) -> int:
+    """The seed of negative ``index``'s fresh initialisation, derived from the run's ``seed``.
+
+    A 63-bit hash of a fixed salt, ``seed`` and ``index``: the same on every rank and in every run with that seed,
+    different for each negative, and never ``seed`` itself (nor ``seed + rank``, BasicSR's per-rank seeds), which
+    has just initialised the network.
+    """
+    digest = hashlib.sha256(f'mclir-history-negative/{int(seed)}/{int(index)}'.encode()).digest()
+    return int.from_bytes(digest[:8], 'little') >> 1
+
+
 def _as_list(value: Any, length: int, name: str) -> list[float]:
     values = list(value) if isinstance(value, (list, tuple)) else [value] * length
     if len(values) != length:
-        raise ValueError(f'{name} has {len(values)} entries but neg_iter has {length}: give one value per '
-                         'negative, or a single number for all.')
+        raise OptionError.of(name, value, f'one number, or a list of {length} (one per neg_iter entry)')
     return values
 
 
@@ -99,11 +131,14 @@ class HistoryNegativeHook(Hook):
             exact copy. Defaults to 0.1.
         pairing: ``'natural'`` or ``'official_reversed'`` (see the module notes). Defaults to ``'natural'``.
         update_buffers: Refresh buffers too (floating ones blended, others copied). Defaults to True.
-        seed: Seed of the fresh initialisations, the same on every rank. ``None`` lets the owner choose
-            (MCLIRModel passes the run's ``manual_seed``); otherwise 0. Defaults to None.
-        sync_check_interval: Debugging aid for multi-process runs: every this many iterations, compare checksums
-            of the negatives across ranks (two small all-reduces) and raise if they differ. 0 turns it off; the
-            negatives need no communication otherwise. Defaults to 0.
+        seed: Seed from which the fresh initialisations are derived, the same on every rank: negative ``i`` is
+            drawn under ``torch.manual_seed(negative_seed(seed, i))``, so each negative's fresh part is
+            independent of the others and of the network's initialisation under ``seed``. ``None`` lets the
+            owner choose (MCLIRModel passes the run's ``manual_seed``, an mmengine runner its seed); otherwise
+            0. Defaults to None.
+        sync_check_interval: Debugging aid for multi-process runs: when the negatives are built and every this
+            many iterations, compare checksums of the negatives across ranks (two small all-reduces) and raise if
+            they differ. 0 turns it off; the negatives need no communication otherwise. Defaults to 0.
         module_key: mmengine runners only (MCLIRModel ignores it): the attribute of ``runner.model`` that holds
             the network the negatives copy, dotted for nested ones (``'net'``, ``'generator.backbone'``). ``None``
             copies the whole (unwrapped) ``runner.model``, which is wrong when it also holds a loss with VGG or a
@@ -141,35 +176,9 @@ class HistoryNegativeHook(Hook):
                  adaptive_decay: float = 0.001,
                  fast_forward: bool = True,
                  channels_last: bool | str = 'auto') -> None:
+        check_options(HOOK_OPTIONS, locals())  # the arguments, by name: keys and values as the option block has them
         neg_iter = list(neg_iter) if isinstance(neg_iter, (list, tuple)) else [neg_iter]
-        if not neg_iter:
-            raise ValueError('neg_iter is empty: give one refresh interval (iterations) per negative model.')
-        for k in neg_iter:
-            if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
-                raise ValueError(f'neg_iter entries must be positive integers (iterations), got {neg_iter}.')
         decays = _as_list(neg_decay, len(neg_iter), 'neg_decay')
-        for d in decays:
-            if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0 <= d < 1:
-                raise ValueError(f'neg_decay must be in [0, 1) (the share a negative keeps of itself), '
-                                 f'got {neg_decay}.')
-        if isinstance(neg_start, bool) or not isinstance(neg_start, (int, float)) or not 0 <= neg_start <= 1:
-            raise ValueError(f'neg_start must be in [0, 1] (the share of a fresh init at the start), '
-                             f'got {neg_start!r}.')
-        if isinstance(sync_check_interval, bool) or not isinstance(sync_check_interval, int) or sync_check_interval < 0:
-            raise ValueError(f'sync_check_interval must be an integer >= 0 (0 = off), got {sync_check_interval!r}.')
-        if pairing not in PAIRINGS:
-            raise ValueError(f'pairing must be one of {PAIRINGS}, got {pairing!r}.')
-        if module_key is not None and (not isinstance(module_key, str) or not module_key):
-            raise ValueError(f"module_key must be an attribute name of runner.model such as 'net' (or None), "
-                             f'got {module_key!r}.')
-        for name, value, low in (('adaptive_threshold', adaptive_threshold, 0), ('adaptive_decay', adaptive_decay, 0)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < low):
-                raise ValueError(f'{name} must be a number >= 0, got {value!r}.')
-        if not adaptive_decay < 1:
-            raise ValueError(f'adaptive_decay must be in [0, 1), got {adaptive_decay!r}.')
-        if not isinstance(fast_forward, bool):
-            raise ValueError(f'fast_forward must be true or false, got {fast_forward!r}.')
-        check_channels_last(channels_last)
         num = len(neg_iter)
         self.fast_forward = fast_forward
         self.channels_last = channels_last
@@ -215,15 +224,18 @@ class HistoryNegativeHook(Hook):
         fresh_init = fresh_init or (lambda: reinitialised_copy(net))
         device = next(net.parameters()).device
         negatives = []
+        seed = 0 if self.seed is None else self.seed
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0 if self.seed is None else self.seed)
-            for _ in range(self.num_negatives):
+            for i in range(self.num_negatives):
                 if self.neg_start == 0:
                     neg = copy.deepcopy(net)
                 else:  # the official start: blend a fresh network towards the target with decay neg_start
+                    torch.manual_seed(negative_seed(seed, i))  # one independent stream per negative
                     neg = fresh_init().to(device)
                     self._blend(neg, net, self.neg_start)
                 negatives.append(neg.requires_grad_(False).eval())
+        if self.neg_start > 0:
+            logger.info('MCLIR: ' + self._start_report(negatives, net))
         if self.fast_forward:
             for neg in negatives:
                 accelerate_negative(neg)
@@ -234,6 +246,25 @@ class HistoryNegativeHook(Hook):
         self.negatives = nn.ModuleList(negatives)
         self.refresh_count = [0] * self.num_negatives
         self.last_refresh_iter = [0] * self.num_negatives
+        if self.sync_check_interval:
+            self.check_sync(None)
+
+    @torch.no_grad()
+    def _start_report(self, negatives: list[nn.Module], net: nn.Module) -> str:
+        """The start blend in numbers: each negative's distance to the network and the smallest distance between
+        two negatives, relative to the network's norm (about ``neg_start`` times the spread of a fresh init)."""
+        def norm(tensors: list[torch.Tensor]) -> float:  # one module's worth of temporaries at most
+            return float(torch.stack(torch._foreach_norm(tensors)).double().norm())
+
+        target = [p.detach() for p in net.parameters()]
+        params = [[p.detach() for p in neg.parameters()] for neg in negatives]
+        scale = max(norm(target), 1e-12)
+        to_net = ' '.join(f'{norm(torch._foreach_sub(q, target)) / scale:.4g}' for q in params)
+        report = f'start blend (neg_start {self.neg_start}): relative distance to the network {to_net}'
+        if len(params) > 1:
+            apart = min(norm(torch._foreach_sub(a, b)) for i, a in enumerate(params) for b in params[i + 1:])
+            report += f'; smallest between two negatives {apart / scale:.4g}'
+        return report
 
     @torch.no_grad()
     def _blend(self, neg: nn.Module, net: nn.Module, decay: float) -> None:
@@ -312,8 +343,12 @@ class HistoryNegativeHook(Hook):
         return torch.stack(sums)
 
     @torch.no_grad()
-    def check_sync(self, current_iter: int) -> None:
-        """Raise if the negatives differ across ranks (no-op without torch.distributed)."""
+    def check_sync(self, current_iter: int | None) -> None:
+        """Raise if the negatives differ across ranks (no-op without torch.distributed).
+
+        Args:
+            current_iter: The iteration, for the messages; ``None`` when the negatives have just been built.
+        """
         import torch.distributed as dist
         if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
             return
@@ -323,10 +358,11 @@ class HistoryNegativeHook(Hook):
         low, high = local.clone(), local.clone()
         dist.all_reduce(low, op=dist.ReduceOp.MIN)
         dist.all_reduce(high, op=dist.ReduceOp.MAX)
+        when = 'when built' if current_iter is None else f'at iteration {current_iter}'
         if not torch.equal(low, high):
-            raise RuntimeError(f'Negative models differ across ranks at iteration {current_iter} (checksums of '
+            raise RuntimeError(f'Negative models differ across ranks {when} (checksums of '
                                f'{int((low != high).sum())} tensors disagree): this is a bug, please report it.')
-        logger.info(f'Negative models agree across {dist.get_world_size()} ranks at iteration {current_iter}.')
+        logger.info(f'Negative models agree across {dist.get_world_size()} ranks {when}.')
 
     def forward_negatives(self, x: torch.Tensor) -> torch.Tensor:
         """Run every negative on ``x`` in inference mode; returns (N, *output shape), never part of a graph."""

@@ -43,6 +43,7 @@ import torch
 from basicsr.utils.registry import LOSS_REGISTRY
 
 from mclir_plugin.losses.contrastive_base import NegativeContrastLoss
+from mclir_plugin.option_schema import Number, check_options
 
 CR_LAYER_WEIGHTS = {'relu1_1': 1 / 32, 'relu2_1': 1 / 16, 'relu3_1': 1 / 8, 'relu4_1': 1 / 4, 'relu5_1': 1.0}
 CR_EPS = 1e-7
@@ -69,6 +70,8 @@ class ContrastRatioLoss(NegativeContrastLoss):
         channels_last: Channels-last VGG: ``true``, ``false`` or ``'auto'`` (on CPU). Defaults to ``'auto'``.
     """
 
+    OPTIONS = {**NegativeContrastLoss.OPTIONS, 'eps': Number(low=0, low_open=True, note='it keeps the ratio finite')}
+
     def __init__(self,
                  loss_weight: float = 1.0,
                  neg_weight: float = 0.1,
@@ -83,8 +86,7 @@ class ContrastRatioLoss(NegativeContrastLoss):
                  vgg_weights: str = 'imagenet',
                  vgg_fallback: str = 'error',
                  channels_last: bool | str = 'auto') -> None:
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or eps <= 0:
-            raise ValueError(f'ContrastRatioLoss: eps must be a number > 0 (it keeps the ratio finite), got {eps!r}.')
+        check_options(self.OPTIONS, locals(), type(self).__name__, keys=('eps',))
         super().__init__(CR_LAYER_WEIGHTS if layer_weights is None else layer_weights, loss_weight=loss_weight,
                          neg_weight=neg_weight, neg_source=neg_source, vgg_type=vgg_type,
                          use_input_norm=use_input_norm, range_norm=range_norm, rec_loss=rec_loss, reduction=reduction,

@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from basicsr.losses import build_loss
 from torch import nn
 
-from mclir_plugin.losses.vgg_features import VGGFeatures
+from mclir_plugin.losses.vgg_features import VGG_LOSS_OPTIONS, VGGFeatures
+from mclir_plugin.option_schema import Choice, Number, check_options
 
 NEG_SOURCES = ('history', 'input', 'both')
 _REC_LOSSES = {'l1': 'L1Loss', 'mse': 'MSELoss', 'charbonnier': 'CharbonnierLoss'}
@@ -60,6 +61,15 @@ class NegativeContrastLoss(nn.Module):
         channels_last: Channels-last VGG: ``true``, ``false`` or ``'auto'`` (on CPU). Defaults to ``'auto'``.
     """
 
+    OPTIONS = {  # the schema of its option block (MCLIRModel checks train.pixel_opt with it)
+        **VGG_LOSS_OPTIONS,
+        'loss_weight': Number(low=0),
+        'neg_weight': Number(low=0),
+        'neg_source': Choice(*NEG_SOURCES),
+        'rec_loss': Choice(*_REC_LOSSES),
+        'reduction': Choice('mean', 'sum', 'none'),
+    }
+
     def __init__(self,
                  layer_weights: Mapping[str, float],
                  loss_weight: float = 1.0,
@@ -73,17 +83,9 @@ class NegativeContrastLoss(nn.Module):
                  vgg_weights: str = 'imagenet',
                  vgg_fallback: str = 'error',
                  channels_last: bool | str = 'auto') -> None:
+        check_options(NegativeContrastLoss.OPTIONS, locals(), type(self).__name__)  # the arguments, by name
         super().__init__()
-        name = type(self).__name__
-        if isinstance(neg_weight, bool) or not isinstance(neg_weight, (int, float)) or neg_weight < 0:
-            raise ValueError(f'{name}: neg_weight must be a number >= 0, got {neg_weight!r}.')
-        if neg_source not in NEG_SOURCES:
-            raise ValueError(f'{name}: neg_source must be one of {", ".join(NEG_SOURCES)}, got {neg_source!r}.')
-        if rec_loss not in _REC_LOSSES:
-            raise ValueError(f'{name}: rec_loss must be one of {sorted(_REC_LOSSES)}, got {rec_loss!r}.')
         self.layer_weights = dict(layer_weights)
-        if not self.layer_weights:
-            raise ValueError(f'{name}: layer_weights is empty; name at least one VGG layer.')
         self.loss_weight = float(loss_weight)
         self.neg_weight = float(neg_weight)
         self.neg_source = neg_source

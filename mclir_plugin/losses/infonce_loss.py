@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from basicsr.utils.registry import LOSS_REGISTRY
 
 from mclir_plugin.losses.contrastive_base import NegativeContrastLoss
+from mclir_plugin.option_schema import Choice, Number, check_options
 
 INFONCE_LAYER_WEIGHTS = {'relu1_1': 1 / 3, 'relu3_1': 1 / 3, 'relu5_1': 1 / 3}
 SIMILARITIES = ('location', 'pooled')
@@ -70,6 +71,9 @@ class InfoNCELoss(NegativeContrastLoss):
         channels_last: Channels-last VGG: ``true``, ``false`` or ``'auto'`` (on CPU). Defaults to ``'auto'``.
     """
 
+    OPTIONS = {**NegativeContrastLoss.OPTIONS, 'temperature': Number(low=0, low_open=True),
+               'similarity': Choice(*SIMILARITIES)}
+
     def __init__(self,
                  loss_weight: float = 1.0,
                  neg_weight: float = 0.1,
@@ -85,10 +89,7 @@ class InfoNCELoss(NegativeContrastLoss):
                  vgg_weights: str = 'imagenet',
                  vgg_fallback: str = 'error',
                  channels_last: bool | str = 'auto') -> None:
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or temperature <= 0:
-            raise ValueError(f'InfoNCELoss: temperature must be a number > 0, got {temperature!r}.')
-        if similarity not in SIMILARITIES:
-            raise ValueError(f'InfoNCELoss: similarity must be one of {", ".join(SIMILARITIES)}, got {similarity!r}.')
+        check_options(self.OPTIONS, locals(), type(self).__name__, keys=('temperature', 'similarity'))
         super().__init__(INFONCE_LAYER_WEIGHTS if layer_weights is None else layer_weights, loss_weight=loss_weight,
                          neg_weight=neg_weight, neg_source=neg_source, vgg_type=vgg_type,
                          use_input_norm=use_input_norm, range_norm=range_norm, rec_loss=rec_loss, reduction=reduction,

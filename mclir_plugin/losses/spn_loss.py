@@ -35,7 +35,8 @@ from basicsr.utils.registry import LOSS_REGISTRY
 from torch import nn
 
 from mclir_plugin.losses import ssim_loss  # noqa: F401  (registers SSIMLoss for rec_loss: ssim)
-from mclir_plugin.losses.vgg_features import VGGFeatures
+from mclir_plugin.losses.vgg_features import VGG_LOSS_OPTIONS, VGGFeatures
+from mclir_plugin.option_schema import AnyOf, Boolean, Choice, Integer, Number, check_options
 
 DEFAULT_LAYER_WEIGHTS = {'relu1_2': 0.2, 'relu2_2': 0.3, 'relu3_3': 0.5}
 _REC_LOSSES = {'l1': 'L1Loss', 'mse': 'MSELoss', 'charbonnier': 'CharbonnierLoss', 'ssim': 'SSIMLoss'}
@@ -106,6 +107,17 @@ class SPNLoss(nn.Module):
             the steps that compute the negative term. Defaults to False.
     """
 
+    OPTIONS = {  # the schema of its option block (MCLIRModel checks train.pixel_opt with it)
+        **VGG_LOSS_OPTIONS,
+        'loss_weight': Number(low=0),
+        'neg_weight': AnyOf(Number(low=0), Choice('auto')),
+        'rec_loss': Choice(*_REC_LOSSES),
+        'reduction': Choice('mean', 'sum', 'none'),
+        'auto_ratio': Number(low=0, low_open=True),
+        'auto_iters': Integer(low=1),
+        'uncertainty_weighting': Boolean(),
+    }
+
     def __init__(self,
                  loss_weight: float = 1.0,
                  neg_weight: float = 0.001,
@@ -121,26 +133,17 @@ class SPNLoss(nn.Module):
                  auto_ratio: float = 0.05,
                  auto_iters: int = 100,
                  uncertainty_weighting: bool = False) -> None:
+        check_options(self.OPTIONS, locals(), type(self).__name__)  # the arguments by name, as in the option block
         super().__init__()
         self.auto_neg_weight = neg_weight == 'auto'
         if self.auto_neg_weight:
             neg_weight = 0.0  # until MCLIRModel has calibrated it
-        if not isinstance(neg_weight, (int, float)) or isinstance(neg_weight, bool) or neg_weight < 0:
-            raise ValueError(f"SPNLoss: neg_weight must be a number >= 0 or 'auto', got {neg_weight!r}.")
-        if isinstance(auto_ratio, bool) or not isinstance(auto_ratio, (int, float)) or auto_ratio <= 0:
-            raise ValueError(f'SPNLoss: auto_ratio must be a number > 0, got {auto_ratio!r}.')
-        if isinstance(auto_iters, bool) or not isinstance(auto_iters, int) or auto_iters < 1:
-            raise ValueError(f'SPNLoss: auto_iters must be an integer >= 1, got {auto_iters!r}.')
         self.auto_ratio, self.auto_iters = float(auto_ratio), auto_iters
         if uncertainty_weighting and rec_loss == 'ssim':
             raise ValueError('SPNLoss: uncertainty_weighting needs a per-pixel reconstruction loss (l1, charbonnier '
                              'or mse), not ssim.')
-        self.uncertainty_weighting = bool(uncertainty_weighting)
-        if rec_loss not in _REC_LOSSES:
-            raise ValueError(f'SPNLoss: rec_loss must be one of {sorted(_REC_LOSSES)}, got {rec_loss!r}.')
+        self.uncertainty_weighting = uncertainty_weighting
         self.layer_weights = dict(DEFAULT_LAYER_WEIGHTS if layer_weights is None else layer_weights)
-        if not self.layer_weights:
-            raise ValueError('SPNLoss: layer_weights is empty; name at least one VGG layer.')
         self.loss_weight = float(loss_weight)
         self.neg_weight = float(neg_weight)
         self.cri_rec = build_loss({'type': _REC_LOSSES[rec_loss], 'loss_weight': 1.0, 'reduction': reduction})

@@ -21,7 +21,9 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from mclir_plugin.memory_layout import check_channels_last, use_channels_last
+from mclir_plugin.checkpoint import load_weights_file
+from mclir_plugin.memory_layout import CHANNELS_LAST_OPTION, check_channels_last, use_channels_last
+from mclir_plugin.option_schema import Boolean, Choice, MappingOf, Number, Optional, Text, check_options
 
 logger = logging.getLogger('basicsr')
 
@@ -33,6 +35,17 @@ _VGG_CONFIGS: dict[str, list] = {
     'vgg19': [64, 64, 'M', 128, 128, 'M', 256, 256, 256, 256, 'M', 512, 512, 512, 512, 'M', 512, 512, 512, 512, 'M'],
 }
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
+VGG_FALLBACKS = ('error', 'random')
+# The VGG options every feature-space loss takes (the loss's block in the option file, e.g. train.pixel_opt)
+VGG_LOSS_OPTIONS = {
+    'layer_weights': Optional(MappingOf(Number(low=0), what='vgg layer'), note='~ = the loss\'s default layers'),
+    'vgg_type': Choice(*_VGG_CONFIGS),
+    'use_input_norm': Boolean(),
+    'range_norm': Boolean(),
+    'vgg_weights': Text("'imagenet' or the path of a torchvision VGG file"),
+    'vgg_fallback': Choice(*VGG_FALLBACKS),
+    'channels_last': CHANNELS_LAST_OPTION,
+}
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
@@ -117,8 +130,7 @@ class VGGFeatures(nn.Module):
         if unknown:
             raise ValueError(f'Unknown {vgg_type} layer(s) {unknown}; valid names: {", ".join(names)}.')
         check_channels_last(channels_last)
-        if fallback not in ('error', 'random'):
-            raise ValueError(f"vgg_fallback must be 'error' or 'random', got {fallback!r}.")
+        check_options(VGG_LOSS_OPTIONS, {'vgg_fallback': fallback})  # the name it has in a loss's options
         self.vgg_type = vgg_type
         self._index = {name: names.index(name) for name in self.layers}
         depth = max(self._index.values()) + 1
@@ -168,7 +180,13 @@ class VGGFeatures(nn.Module):
                 raise FileNotFoundError(f'vgg_weights file {path!r} does not exist (working directory '
                                         f'{os.getcwd()!r}). Point vgg_weights at a torchvision {self.vgg_type} '
                                         "state dict, or use 'imagenet' for torchvision's cache.")
-        state = torch.load(path, map_location='cpu', weights_only=True)
+        if weights in (None, 'imagenet'):
+            fix = (f'Delete it and copy {osp.basename(path)} there again ({url}; an interrupted download or copy '
+                   'leaves such a file).')
+        else:
+            fix = f'Copy a complete torchvision {self.vgg_type} state dict there again (or fix vgg_weights).'
+        state = load_weights_file(path, f'the {self.vgg_type} weights file', fix, map_location='cpu',
+                                  weights_only=True)
         if isinstance(state, dict) and 'state_dict' in state and 'features.0.weight' not in state:
             state = state['state_dict']
         wanted = {key for key in (f'{i}.{p}' for i, m in enumerate(self.features)

@@ -35,14 +35,16 @@ from basicsr.utils.dist_util import get_dist_info, master_only
 from basicsr.utils.registry import LOSS_REGISTRY, MODEL_REGISTRY
 from mmengine.registry import HOOKS
 
-from mclir_plugin.checkpoint import atomic_torch_save
+from mclir_plugin.checkpoint import CheckpointWriteError, atomic_torch_save
 from mclir_plugin.hooks.history_negative_hook import HistoryNegativeHook
 from mclir_plugin.losses.contrastive_base import NegativeContrastLoss
 from mclir_plugin.losses.spn_loss import SPNLoss
+from mclir_plugin.option_schema import Boolean, Choice, Integer, Number, Optional, OptionError, check_options
 from mclir_plugin.options import check_call_kwargs, check_keys, naming_the_file
 from mclir_plugin.resume import PROGRESS, preserved_rng, schedule_resume
 
-MCLIR_KEYS = ('base_model', 'hook', 'amp', 'neg_every', 'neg_batch_fraction', 'max_nonfinite_steps', 'visualize')
+MCLIR_KEYS = ('base_model', 'hook', 'amp', 'neg_every', 'neg_batch_fraction', 'max_nonfinite_steps', 'visualize',
+              'grad_clip')
 STATE_KEY = 'mclir'
 AMP_DTYPES = {'none': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 CONTRASTIVE_LOSSES = (SPNLoss, NegativeContrastLoss)
@@ -61,6 +63,8 @@ class MCLIRMixin:
         self.amp_dtype = self.step_options.amp_dtype
         self.neg_every, self.neg_batch_fraction = self.step_options.neg_every, self.step_options.neg_batch_fraction
         self.nonfinite_in_a_row = 0
+        # the newest complete training state: named when non-finite losses stop the run (none are written in a streak)
+        self.last_checkpoint: str | None = self.opt['path'].get('resume_state')
         self.ratio_window: list[float] = []
         super().init_training_settings()
         # fp16 needs loss scaling; bf16 has fp32's range and does not. Disabled, the scaler is a pass-through.
@@ -103,6 +107,9 @@ class MCLIRMixin:
         if self.negative_hook.adaptive:  # the official adaptive variant refreshes before backward (pre-step weights)
             self.negative_hook.adaptive_step(self.get_bare_model(self.net_g), self.output, self.gt, current_iter)
         self.grad_scaler.scale(l_total).backward()
+        if self.step_options.grad_clip:  # on the true gradients: unscale fp16's first (a no-op otherwise)
+            self.grad_scaler.unscale_(self.optimizer_g)
+            torch.nn.utils.clip_grad_norm_(self.net_g.parameters(), self.step_options.grad_clip)
         self.grad_scaler.step(self.optimizer_g)
         self.grad_scaler.update()
         self.log_dict = self.reduce_loss_dict({k: v.float() for k, v in loss_dict.items()})
@@ -149,9 +156,7 @@ class MCLIRMixin:
                                   f'({self.nonfinite_in_a_row} in a row, stopping at {limit}).')
         if self.nonfinite_in_a_row >= limit:
             raise FloatingPointError(
-                f'{self.nonfinite_in_a_row} non-finite losses in a row (last at iteration {current_iter}). The last '
-                f'complete checkpoint is {latest_training_state(self.opt) or "none yet"}: resume from it '
-                '(--auto_resume) with a lower learning rate or neg_weight, or check the data.')
+                nonfinite_stop_message(self.nonfinite_in_a_row, current_iter, self.last_checkpoint))
 
     def spn_terms(self, current_iter: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``(l_pix, l_neg)`` of this step, with the cost options ``neg_every`` and ``neg_batch_fraction``.
@@ -183,6 +188,29 @@ class MCLIRMixin:
         return l_pix, self.neg_every * self.cri_pix.neg_weight * self.cri_pix.negative_distance(output, negatives)
 
     # ------------------------------------------------------------------ checkpoints
+    def save(self, epoch: int, current_iter: int) -> None:
+        """The base model's save (network, then training state), except inside a streak of non-finite losses.
+
+        A streak usually follows a divergence, so its weights are not worth resuming from: nothing is written until
+        a finite step ends it, and ``--auto_resume`` keeps finding the checkpoint written before it. A failed write
+        names the newest complete checkpoint.
+        """
+        logger = get_root_logger()
+        if self.nonfinite_in_a_row:
+            when = 'End of training' if current_iter == -1 else f'Iteration {current_iter}'
+            logger.warning(f'{when}: no checkpoint written, the run is inside a streak of '
+                           f'{self.nonfinite_in_a_row} non-finite losses; the newest checkpoint stays '
+                           f'{self.last_checkpoint or "none (nothing written yet)"}.')
+            return
+        try:
+            super().save(epoch, current_iter)
+        except CheckpointWriteError as err:
+            newest = (f'Newest complete checkpoint: {self.last_checkpoint}; --auto_resume resumes from it.'
+                      if self.last_checkpoint else 'No complete checkpoint exists yet: start the run again.')
+            raise CheckpointWriteError(f'{err} {newest}') from err
+        if current_iter != -1:
+            self.last_checkpoint = os.path.join(self.opt['path']['training_states'], f'{current_iter}.state')
+
     @master_only
     def save_network(self, net, net_label: str, current_iter: int, param_key='params') -> None:
         """BasicSR's ``save_network`` (same file, keys and CPU tensors), written atomically."""
@@ -358,6 +386,20 @@ class LambdaCalibration:
         self.sum_rec, self.sum_distance, self.count = state[0], state[1], int(state[2])
 
 
+def nonfinite_stop_message(count: int, current_iter: int, checkpoint: str | None) -> str:
+    """Why the run stops after ``count`` non-finite losses in a row, and how to go on from ``checkpoint``."""
+    first = current_iter - count + 1
+    text = f'{count} non-finite losses in a row (iterations {first}-{current_iter}). '
+    if checkpoint is None:
+        return text + (f'No checkpoint was written before iteration {first}, so there is nothing to resume: start '
+                       'the run afresh with a lower train.optim_g.lr (or neg_weight), or check the data.')
+    iteration = os.path.basename(checkpoint).split('.')[0]
+    return text + (f'The last checkpoint written before they began is {checkpoint} (network: net_g_{iteration}.pth; '
+                   'none is written during such a streak, so --auto_resume finds it). Resume from it with a lower '
+                   'train.optim_g.lr (or neg_weight) and `train.resume_lr: options` (without it a resumed run keeps '
+                   "the training state's learning rate and scheduler), or check the data.")
+
+
 def latest_training_state(opt: dict[str, Any]) -> str | None:
     """The newest complete ``<iter>.state`` of the run, or None."""
     folder = opt['path'].get('training_states')
@@ -375,28 +417,27 @@ class StepOptions:
     neg_batch_fraction: float = 1.0
     max_nonfinite_steps: int = 10
     visualize: bool = True
+    grad_clip: float = 0.0
+
+
+STEP_OPTIONS = {  # the schema of the block's step options; StepOptions holds what they mean
+    'amp': Choice(*AMP_DTYPES),
+    'neg_every': Integer(low=1, note='1 = every step'),
+    'neg_batch_fraction': Number(0, 1, low_open=True, note='1 = the whole batch'),
+    'max_nonfinite_steps': Integer(low=1),
+    'visualize': Boolean(),
+    'grad_clip': Optional(Number(low=0), note='the max gradient norm; 0 or ~ = off'),
+}
 
 
 def read_step_options(mclir_opt: dict[str, Any]) -> StepOptions:
     """The step options of the mclir block, with errors naming the key."""
-    amp = mclir_opt.get('amp', 'none')
-    if amp is None or amp is False:
-        amp = 'none'
-    if amp not in AMP_DTYPES:
-        raise ValueError(f"mclir.amp must be one of {', '.join(AMP_DTYPES)}, got {amp!r}.")
-    neg_every = mclir_opt.get('neg_every', 1)
-    if isinstance(neg_every, bool) or not isinstance(neg_every, int) or neg_every < 1:
-        raise ValueError(f'mclir.neg_every must be an integer >= 1 (1 = every step), got {neg_every!r}.')
-    fraction = mclir_opt.get('neg_batch_fraction', 1.0)
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
-        raise ValueError(f'mclir.neg_batch_fraction must be in (0, 1] (1 = the whole batch), got {fraction!r}.')
-    max_bad = mclir_opt.get('max_nonfinite_steps', 10)
-    if isinstance(max_bad, bool) or not isinstance(max_bad, int) or max_bad < 1:
-        raise ValueError(f'mclir.max_nonfinite_steps must be an integer >= 1, got {max_bad!r}.')
-    visualize = mclir_opt.get('visualize', True)
-    if not isinstance(visualize, bool):
-        raise ValueError(f'mclir.visualize must be true or false, got {visualize!r}.')
-    return StepOptions(AMP_DTYPES[amp], neg_every, float(fraction), max_bad, visualize)
+    given = dict(mclir_opt)
+    if given.get('amp') is None or given.get('amp') is False:  # `amp: ~` and `amp: false` mean none too
+        given['amp'] = 'none'
+    values = check_options(STEP_OPTIONS, given, 'mclir')
+    values['grad_clip'] = values.get('grad_clip') or 0.0
+    return StepOptions(amp_dtype=AMP_DTYPES[values.pop('amp')], **values)
 
 
 def build_negative_hook(opt: dict[str, Any]) -> HistoryNegativeHook:
@@ -411,6 +452,8 @@ def build_negative_hook(opt: dict[str, Any]) -> HistoryNegativeHook:
     check_call_kwargs(hook_cls, hook_opt, 'mclir.hook')
     try:
         return hook_cls(**hook_opt)
+    except OptionError as err:
+        raise err.under('mclir.hook') from None
     except ValueError as err:
         raise ValueError(f'mclir.hook: {err}') from None
 
@@ -425,6 +468,7 @@ def check_spn_pixel_opt(opt: dict[str, Any]) -> None:
                          f'InfoNCELoss), got {loss_type!r}; it holds the reconstruction term (L1 by default) and the '
                          'negative term.')
     check_call_kwargs(loss_cls, pixel_opt, 'train.pixel_opt')
+    check_options(loss_cls.OPTIONS, pixel_opt, 'train.pixel_opt')  # before BasicSR builds it, to name the block
 
 
 _WRAPPED: dict[type, type] = {}
