@@ -8,5 +8,6 @@ setup:
 demo: setup
 	$(PY) tools/train.py -opt options/demo_spn.yml
 
+# two pytest workers (the machine's 2 cores), each test file on one of them, so module fixtures are built once
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadfile tests

@@ -28,7 +28,7 @@ setup(
         'matplotlib',     # tools/compare.py and tools/ablate.py plots
         'tqdm',
     ],
-    extras_require={'test': ['pytest>=7']},
+    extras_require={'test': ['pytest>=7', 'pytest-xdist>=3']},  # make test: two workers, one test file each
     entry_points={'console_scripts': [
         'mclir-train=mclir_plugin.train:main',
         'mclir-test=mclir_plugin.test:main',

@@ -84,7 +84,7 @@ class SPNRestorer(BaseModel):
         out = self.net(lq)
         if mode != 'loss':
             return out
-        l_pix, l_neg = self.criterion.terms(out, gt, self.negative_hook.forward_negatives(lq))
+        l_pix, l_neg = self.criterion.terms(out, gt, self.negative_hook.bank(lq))  # the bank's negatives
         # mmengine optimises the sum of the keys containing 'loss' (and smooths only those in its log lines)
         return {'loss': l_pix - l_neg, 'l_pix': l_pix.detach(), 'l_neg': l_neg.detach()}
 
@@ -143,4 +143,4 @@ if __name__ == '__main__':
     parser.add_argument('--vgg-fallback', choices=['error', 'random'], default='random')
     args = parser.parse_args()
     run = main(args.work_dir, args.iters, args.resume, vgg_fallback=args.vgg_fallback)
-    print(run.model.negative_hook.describe())
+    print(run.model.negative_hook.bank.describe())

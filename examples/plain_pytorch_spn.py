@@ -6,8 +6,10 @@ A tiny x2 super-resolution network is trained on synthetic smooth images for a f
     python examples/plain_pytorch_spn.py --iters 50 --loss cr        # AECR-Net's ratio form, history negatives
     python examples/plain_pytorch_spn.py --loss infonce --vgg-fallback error   # needs the ImageNet VGG file
 
-The loop is the whole recipe: build the hook once the network is on its device, pass the negatives' outputs to
-the loss, and refresh the negatives after the optimizer step with the 1-based iteration. ``hook.state_dict()``
+The loop is the whole recipe: build the bank of negatives (:class:`HistoryNegatives`) once the network is on its
+device, wrap the loss in a :class:`ContrastiveCriterion` (the same object MCLIRModel puts in a BasicSR model's
+``cri_pix``: it runs the negatives on the bound input and applies the cost options), bind it to each batch's input
+and iteration, and refresh the negatives after the optimizer step with the 1-based iteration. ``bank.state_dict()``
 goes into your checkpoint next to the network and the optimizer. Without the ImageNet VGG file the example uses
 random-weight VGG features (``vgg_fallback='random'``, printed): fine to see the machinery, not perceptual.
 """
@@ -22,10 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mclir_plugin import HistoryNegativeHook, SPNLoss
-from mclir_plugin.losses.contrast_ratio_loss import ContrastRatioLoss
-from mclir_plugin.losses.contrastive_base import NegativeContrastLoss
-from mclir_plugin.losses.infonce_loss import InfoNCELoss
+from mclir_plugin.hooks import HistoryNegatives
+from mclir_plugin.losses import ContrastiveCriterion, ContrastRatioLoss, InfoNCELoss, SPNLoss
 
 LOSSES = {'spn': SPNLoss, 'cr': ContrastRatioLoss, 'infonce': InfoNCELoss}
 
@@ -52,43 +52,43 @@ def synthetic_batch(index: int, batch: int = 4, size: int = 32) -> tuple[torch.T
 
 def main(iters: int = 20, loss: str = 'spn', neg_weight: float = 0.01, vgg_fallback: str = 'random',
          checkpoint: str | None = None, seed: int = 0) -> dict:
-    """Train for ``iters`` iterations; return ``{'losses': [(l_rec, l_neg), ...], 'net', 'hook', 'criterion'}``.
+    """Train for ``iters`` iterations; return ``{'losses': [(l_rec, l_neg), ...], 'net', 'bank', 'criterion'}``
+    (``criterion``: the loss; its training-step wrapper is ``'step_criterion'``).
 
     Args:
         iters: Number of iterations.
         loss: ``'spn'``, ``'cr'`` or ``'infonce'``.
         neg_weight: ``lambda`` of the negative term.
         vgg_fallback: ``'error'`` or ``'random'`` when the ImageNet VGG file is missing.
-        checkpoint: If given, save network, optimizer, hook state and iteration there at the end.
+        checkpoint: If given, save network, optimizer, the negatives' state and iteration there at the end.
         seed: Seed of the network initialisation and of the negatives' fresh initialisations.
     """
     torch.manual_seed(seed)
     net = TinySR()
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
-    criterion = LOSSES[loss](neg_weight=neg_weight, vgg_fallback=vgg_fallback)
-    print(f'{type(criterion).__name__}: {criterion.vgg.vgg_type} {criterion.vgg.weights_source}')
-    hook = HistoryNegativeHook(neg_iter=[2, 5], neg_decay=0.1, neg_start=0.1, seed=seed)
-    hook.build(net)                                   # once the network is on its device
+    loss_fn = LOSSES[loss](neg_weight=neg_weight, vgg_fallback=vgg_fallback)
+    print(f'{type(loss_fn).__name__}: {loss_fn.vgg.vgg_type} {loss_fn.vgg.weights_source}')
+    bank = HistoryNegatives(neg_iter=[2, 5], neg_decay=0.1, neg_start=0.1, seed=seed)
+    bank.build(net)                                   # once the network is on its device
+    criterion = ContrastiveCriterion(loss_fn, bank)   # neg_every / neg_batch_fraction would go here
     losses = []
     for it in range(1, iters + 1):
         lq, gt = synthetic_batch(it)
+        criterion.bind(lq, it)                        # the negatives run on this input
         out = net(lq)
-        negatives = hook.forward_negatives(lq)       # (N, B, C, H, W), no graph
-        if isinstance(criterion, NegativeContrastLoss):
-            l_rec, l_neg = criterion.terms(out, gt, negatives, lq=lq)  # lq: only used with neg_source input/both
-        else:
-            l_rec, l_neg = criterion.terms(out, gt, negatives)
+        total = criterion(out, gt)                    # l_rec - l_neg, one scalar
         optimizer.zero_grad()
-        (l_rec - l_neg).backward()
+        total.backward()
         optimizer.step()
-        hook.step(net, it)                            # after the optimizer step, 1-based iteration
-        losses.append((l_rec.item(), l_neg.item()))
+        bank.step(net, it)                            # after the optimizer step, 1-based iteration
+        l_rec, l_neg = criterion.parts['l_rec'].item(), criterion.parts['l_neg'].item()
+        losses.append((l_rec, l_neg))
         if it % 10 == 0 or it == iters:
-            print(f'iter {it}: l_rec {l_rec.item():.4f}  l_neg {l_neg.item():.5f}')
+            print(f'iter {it}: l_rec {l_rec:.4f}  l_neg {l_neg:.5f}')
     if checkpoint:
-        torch.save({'net': net.state_dict(), 'optimizer': optimizer.state_dict(), 'mclir': hook.state_dict(),
+        torch.save({'net': net.state_dict(), 'optimizer': optimizer.state_dict(), 'mclir': bank.state_dict(),
                     'iter': iters}, checkpoint)
-    return {'losses': losses, 'net': net, 'hook': hook, 'criterion': criterion}
+    return {'losses': losses, 'net': net, 'bank': bank, 'criterion': loss_fn, 'step_criterion': criterion}
 
 
 if __name__ == '__main__':

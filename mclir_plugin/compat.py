@@ -34,6 +34,18 @@ idempotent runtime fixes, each tied to a breakage listed in ``docs/basicsr_notes
 * A 0-byte, corrupt or missing image (file or lmdb value) ends in OpenCV's ``!buf.empty()`` naming nothing:
   ``FileClient.get``/``imfrombytes`` are wrapped to name the file or lmdb key and the fix
   (:func:`mclir_plugin.data.image_io.install_named_image_reads`).
+* **R** BasicSR's own option files say ``model_type: RealESRGANModel``/``RealESRNetModel``; 1.4.2 registers
+  ``*_basicsr`` and ``MODEL_REGISTRY.get`` falls back to that suffix. :func:`resolve_model_type` resolves
+  ``mclir.base_model`` the same way (a plain name, such as the ``realesrgan`` package's, wins).
+* **S** Real-ESRGAN models call ``.cuda()`` in ``__init__`` (DiffJPEG, USMSharp), ``feed_data`` and
+  ``_dequeue_and_enqueue`` (the training-pair queue); the video models' validation makes its metric tensors with
+  ``device='cuda'``: CPU runs die ("Found no NVIDIA driver"). Those methods (:data:`CUDA_BOUND_METHODS`, also in
+  classes defined later, e.g. by the ``realesrgan`` package) run inside :func:`cuda_calls_to`, which sends explicit
+  CUDA placements to the model's device when that is not a usable GPU; baseline and ``MCLIRModel`` runs alike.
+  On CPU, ``VideoRecurrentModel``'s validation un-squeezes the clip in place after ``feed_data``, whose ``.to()``
+  returned that very tensor (4-D ``lq`` in ``test()``): its ``feed_data`` gets copies there (:func:`_feeding_copies`).
+* **T** ``DiffJPEG`` returns a permuted (channels-last strided) tensor that Real-ESRGAN's next ``filter2D``
+  cannot ``.view()``: its ``forward`` returns it contiguous (same values).
 
 :func:`patch_basicsr` installs the run-time fixes; it is called by ``import mclir_plugin``.
 """
@@ -41,9 +53,11 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import functools
 import os
 import re
 import sys
+import threading
 import types
 from os import path as osp
 from typing import Any, Iterator
@@ -272,6 +286,7 @@ def patch_basicsr() -> None:
     install_validation()  # float-protocol metrics and val.save_best (also registers mclir_plugin.metrics)
     from mclir_plugin.data.image_io import install_named_image_reads
     install_named_image_reads()  # after basicsr.train imported basicsr.data: its modules bind imfrombytes by name
+    _install_model_device_fixes()  # Real-ESRGAN and video models on CPU
     _PATCHED = True
 
 
@@ -303,3 +318,168 @@ def trusted_mmengine_checkpoints() -> Iterator[None]:
         return
     with torch.serialization.safe_globals(mmengine_checkpoint_globals()):
         yield
+
+
+def resolve_model_type(name: str) -> str | None:
+    """The ``MODEL_REGISTRY`` key that ``MODEL_REGISTRY.get(name)`` would use, or None when there is none.
+
+    As BasicSR's registry does, a plain name wins and ``<name>_basicsr`` is the fallback: BasicSR 1.4.2 registers
+    its Real-ESRGAN models as ``RealESRNetModel_basicsr``/``RealESRGANModel_basicsr`` while its own option files
+    say ``RealESRNetModel``/``RealESRGANModel``; once the ``realesrgan`` package is imported, its plain names win.
+    """
+    from basicsr.utils.registry import MODEL_REGISTRY
+    for key in (name, f'{name}_basicsr'):
+        if key in MODEL_REGISTRY:
+            return key
+    return None
+
+
+def _is_cuda(device: Any) -> bool:
+    import torch
+    return isinstance(device, (str, torch.device)) and str(device).startswith('cuda')
+
+
+def _explicit_cuda_mode(device: Any):
+    """A ``TorchFunctionMode`` sending every explicitly requested CUDA tensor or module to ``device`` instead:
+    ``.cuda()``, ``.to('cuda')``/``.to(torch.device('cuda', i))`` and ``device='cuda'`` in any call (factories)."""
+    import torch
+    from torch.overrides import TorchFunctionMode
+
+    class ExplicitCudaTo(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = dict(kwargs or {})
+            if func is torch.Tensor.cuda:  # Module.cuda() ends here too, once per parameter and buffer
+                keep = {k: kwargs[k] for k in ('non_blocking', 'memory_format') if k in kwargs}
+                return args[0].to(device, **keep)
+            if _is_cuda(kwargs.get('device')):
+                kwargs['device'] = device
+            if func is torch.Tensor.to:
+                args = tuple(device if _is_cuda(a) else a for a in args)
+            return func(*args, **kwargs)
+
+    return ExplicitCudaTo()
+
+
+_REDIRECTING = threading.local()
+
+
+@contextlib.contextmanager
+def cuda_calls_to(device: Any) -> Iterator[None]:
+    """Inside the block, explicit CUDA placements go to ``device`` when that is not a usable GPU.
+
+    ``.cuda()`` (tensors and modules), ``.to('cuda')`` and ``device='cuda'`` in factory calls are redirected by one
+    ``torch.overrides.TorchFunctionMode``; other devices, and everything when ``device`` is a GPU that exists, are
+    left alone. Re-entering (a wrapped method calling another) adds no second mode.
+
+    Args:
+        device: The model's device (``torch.device`` or a string).
+    """
+    import torch
+    device = torch.device(device)
+    if (device.type == 'cuda' and torch.cuda.is_available()) or getattr(_REDIRECTING, 'active', False):
+        yield
+        return
+    target = torch.device('cpu') if device.type == 'cuda' else device  # a GPU option file on a machine without one
+    _REDIRECTING.active = True
+    try:
+        with _explicit_cuda_mode(target):
+            yield
+    finally:
+        _REDIRECTING.active = False
+
+
+# BasicSR model classes (by class name: BasicSR's *_basicsr copies and the realesrgan package's share it) and their
+# methods that place tensors on 'cuda' unconditionally
+CUDA_BOUND_METHODS = {
+    'RealESRNetModel': ('__init__', 'feed_data', '_dequeue_and_enqueue'),  # DiffJPEG/USMSharp .cuda(); pair queue
+    'RealESRGANModel': ('__init__', 'feed_data', '_dequeue_and_enqueue'),
+    'VideoBaseModel': ('dist_validation', 'nondist_validation'),  # metric tensors made with device='cuda'
+    'VideoRecurrentModel': ('dist_validation', 'nondist_validation'),
+}
+
+
+def _model_device(model: Any, args: tuple, kwargs: dict) -> Any:
+    """The device of ``model``; inside ``__init__``, before BasicSR sets it, the one its option dict asks for."""
+    import torch
+    if isinstance(getattr(model, 'device', None), torch.device):
+        return model.device
+    opt = args[0] if args else kwargs.get('opt', {})
+    return torch.device('cuda' if opt.get('num_gpu', 0) != 0 and torch.cuda.is_available() else 'cpu')
+
+
+def _on_model_device(method):
+    """Wrap a model method so that its explicit CUDA placements go to the model's device (see :func:`cuda_calls_to`)."""
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        with cuda_calls_to(_model_device(self, args, kwargs)):
+            return method(self, *args, **kwargs)
+    run.__mclir_device_wrapped__ = True
+    return run
+
+
+def _feeding_copies(dist_validation):
+    """Run a video ``dist_validation`` whose ``feed_data`` receives copies of the clip's tensors.
+
+    ``VideoRecurrentModel.dist_validation`` un-squeezes the clip in place after ``feed_data``; on CPU
+    ``.to(self.device)`` returns that very tensor, so the model's ``lq`` turns 4-D before ``test()`` (on a GPU the
+    move copies).
+    """
+    @functools.wraps(dist_validation)
+    def run(self, *args, **kwargs):
+        import torch
+        if self.device.type == 'cuda':
+            return dist_validation(self, *args, **kwargs)
+        feed_data = self.feed_data
+        self.feed_data = lambda data: feed_data({k: v.clone() if isinstance(v, torch.Tensor) else v
+                                                 for k, v in data.items()})
+        try:
+            return dist_validation(self, *args, **kwargs)
+        finally:
+            del self.feed_data  # the class's method again
+    run.__mclir_feeding_copies__ = True
+    return run
+
+
+# video models whose dist_validation changes the fed tensors in place (see _feeding_copies)
+IN_PLACE_VALIDATION = ('VideoRecurrentModel',)
+
+
+def _place_cuda_calls(cls: type) -> None:
+    """Wrap ``cls``'s own CUDA-bound methods (:data:`CUDA_BOUND_METHODS`, :data:`IN_PLACE_VALIDATION`), once."""
+    for name in CUDA_BOUND_METHODS.get(cls.__name__, ()):
+        method = cls.__dict__.get(name)
+        if callable(method) and not getattr(method, '__mclir_device_wrapped__', False):
+            setattr(cls, name, _on_model_device(method))
+    method = cls.__dict__.get('dist_validation')
+    if cls.__name__ in IN_PLACE_VALIDATION and callable(method) and not hasattr(method, '__mclir_feeding_copies__'):
+        cls.dist_validation = _feeding_copies(method)
+
+
+def _install_model_device_fixes() -> None:
+    """Wrap the CUDA-bound methods of every BasicSR model class, defined now (a subclass walk) or later (the
+    ``realesrgan`` package's copies, through ``BaseModel.__init_subclass__``), and make DiffJPEG's output contiguous."""
+    from basicsr.models.base_model import BaseModel
+    from basicsr.utils.diffjpeg import DiffJPEG
+
+    pending = [BaseModel]
+    while pending:
+        cls = pending.pop()
+        _place_cuda_calls(cls)
+        pending.extend(cls.__subclasses__())
+    previous = BaseModel.__dict__.get('__init_subclass__')
+
+    def init_subclass(cls, **kwargs):
+        super(BaseModel, cls).__init_subclass__(**kwargs)
+        _place_cuda_calls(cls)
+    if previous is None:
+        BaseModel.__init_subclass__ = classmethod(init_subclass)
+
+    forward = DiffJPEG.forward
+    if not getattr(forward, '__mclir_contiguous__', False):
+        @functools.wraps(forward)
+        def contiguous_forward(self, x, quality):
+            # DiffJPEG ends in view(...).permute(0, 3, 1, 2) (channels-last strides); Real-ESRGAN's next step
+            # (filter2D) calls .view() on it, which fails: hand on a contiguous tensor (same values)
+            return forward(self, x, quality).contiguous()
+        contiguous_forward.__mclir_contiguous__ = True
+        DiffJPEG.forward = contiguous_forward

@@ -65,64 +65,66 @@ def test_two_process_gloo_run_keeps_negatives_in_sync_and_resumes(tmp_path, empt
     assert out.count('Negative models agree across 2 ranks at iteration') == 2
 
 
-def _sync_check_worker(rank: int, init_file: str, perturb: bool, results) -> None:
+def _sync_check_worker(rank: int, init_file: str, results) -> None:
+    """Both cases in one process group (one spawn): identical negatives agree, a 1e-6 difference is caught."""
     import torch.distributed as dist
     from torch import nn
 
     from mclir_plugin import HistoryNegativeHook
     dist.init_process_group('gloo', init_method=f'file://{init_file}', rank=rank, world_size=2)
     try:
-        torch.manual_seed(0)  # the same network on both ranks, as DDP guarantees
-        net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
-        hook = HistoryNegativeHook(neg_iter=[1], neg_start=0.5, seed=1, sync_check_interval=1)
-        hook.build(net)
-        if perturb and rank == 1:
-            with torch.no_grad():
-                hook.negatives[0][0].weight[0, 0, 0, 0] += 1e-6
-        try:
-            hook.step(net, 1)
-            results[rank] = 'agree'
-        except RuntimeError as err:
-            results[rank] = str(err)
+        for perturb in (False, True):
+            torch.manual_seed(0)  # the same network on both ranks, as DDP guarantees
+            net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+            hook = HistoryNegativeHook(neg_iter=[1], neg_start=0.5, seed=1, sync_check_interval=1)
+            hook.build(net)
+            if perturb and rank == 1:
+                with torch.no_grad():
+                    hook.negatives[0][0].weight[0, 0, 0, 0] += 1e-6
+            try:
+                hook.step(net, 1)
+                results[(rank, perturb)] = 'agree'
+            except RuntimeError as err:
+                results[(rank, perturb)] = str(err)
     finally:
         dist.destroy_process_group()
 
 
 def test_sync_check_detects_a_difference(tmp_path):
     import torch.multiprocessing as mp
-    for perturb in (False, True):
-        manager = mp.Manager()
-        results = manager.dict()
-        mp.spawn(_sync_check_worker, args=(str(tmp_path / f'init{perturb}'), perturb, results), nprocs=2)
-        if perturb:
-            assert all('Negative models differ across ranks at iteration 1' in results[r] for r in (0, 1))
-        else:
-            assert dict(results) == {0: 'agree', 1: 'agree'}
+    results = mp.Manager().dict()
+    mp.spawn(_sync_check_worker, args=(str(tmp_path / 'init'), results), nprocs=2)
+    assert [results[(r, False)] for r in (0, 1)] == ['agree', 'agree']
+    assert all('Negative models differ across ranks at iteration 1' in results[(r, True)] for r in (0, 1))
 
 
-def _adaptive_worker(rank: int, init_file: str, threshold: float, results) -> None:
+ADAPTIVE_CASES = ((0.5, 0), (1.5, None))  # (threshold, refreshed negative): rank 1 alone would never refresh,
+# rank 0 alone always; only the mean over the ranks counts
+
+
+def _adaptive_worker(rank: int, init_file: str, results) -> None:
     import torch.distributed as dist
     from torch import nn
 
     from mclir_plugin import HistoryNegativeHook
     dist.init_process_group('gloo', init_method=f'file://{init_file}', rank=rank, world_size=2)
     try:
-        torch.manual_seed(0)
-        net = nn.Conv2d(3, 3, 1)
-        hook = HistoryNegativeHook(neg_iter=[1, 1], neg_start=0, adaptive_threshold=threshold)
-        hook.build(net)
-        target = torch.zeros(2, 3, 4, 4)
-        # rank 0 sees a wild batch (spread about 2), rank 1 a calm one (spread 0): only the mean over ranks counts
-        output = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(1)) if rank == 0 else target + 0.1
-        results[rank] = hook.adaptive_step(net, output, target, 1)
+        for threshold, _ in ADAPTIVE_CASES:
+            torch.manual_seed(0)
+            net = nn.Conv2d(3, 3, 1)
+            hook = HistoryNegativeHook(neg_iter=[1, 1], neg_start=0, adaptive_threshold=threshold)
+            hook.build(net)
+            target = torch.zeros(2, 3, 4, 4)
+            # rank 0 sees a wild batch (spread about 2), rank 1 a calm one (spread 0)
+            output = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(1)) if rank == 0 else target + 0.1
+            results[(rank, threshold)] = hook.adaptive_step(net, output, target, 1)
     finally:
         dist.destroy_process_group()
 
 
 def test_adaptive_refresh_decision_is_shared_by_the_ranks(tmp_path):
     import torch.multiprocessing as mp
-    for threshold, expected in ((0.5, 0), (1.5, None)):  # rank 1 alone would never refresh, rank 0 alone always
-        manager = mp.Manager()
-        results = manager.dict()
-        mp.spawn(_adaptive_worker, args=(str(tmp_path / f'init{threshold}'), threshold, results), nprocs=2)
-        assert dict(results) == {0: expected, 1: expected}
+    results = mp.Manager().dict()
+    mp.spawn(_adaptive_worker, args=(str(tmp_path / 'init'), results), nprocs=2)
+    for threshold, expected in ADAPTIVE_CASES:
+        assert [results[(r, threshold)] for r in (0, 1)] == [expected, expected]

@@ -148,7 +148,7 @@ def test_resume_from_a_plain_state_warns_and_keeps_training(tmp_path, vgg16_file
     (lambda o: o['mclir']['hook'].update(neg_iter=[]), ValueError,
      r'mclir\.hook\.neg_iter must be an integer >= 1 .*non-empty list.*, got \[\]'),
     (lambda o: o['mclir'].update(base_model='SwinIRModle'), KeyError, "base_model 'SwinIRModle' is not"),
-    (lambda o: o['mclir'].update(base_model='SRGANModel'), TypeError, 'has its own optimize_parameters'),
+    (lambda o: o['mclir'].update(base_model='StyleGAN2Model'), TypeError, 'StyleGAN2Model cannot be trained with SPN'),
     (lambda o: o['mclir']['hook'].update(type='EMAHook'), KeyError, 'not a registered history-negative hook'),
     (lambda o: o['train']['pixel_opt'].update(type='L1Loss'), ValueError, 'needs `train.pixel_opt.type: SPNLoss`'),
     (lambda o: o['train']['pixel_opt'].update(neg_wieght=0.1), KeyError,
@@ -209,7 +209,10 @@ def test_negative_term_every_k_steps(tmp_path, vgg16_file):
         model.feed_data(batch)
         model.optimizer_g.zero_grad()
         model.output = model.net_g(model.lq)
-        l_pix, l_neg = model.spn_terms(it)
+        model.cri_pix.bind(model.lq, it)  # the criterion the base step calls, bound to this batch's input
+        total = model.cri_pix(model.output, model.gt)
+        l_pix, l_neg = model.cri_pix.parts['l_rec'], model.cri_pix.parts['l_neg']
+        assert torch.equal(total.detach(), l_pix - l_neg)
         if it < 3:
             assert l_neg.item() == 0
         else:
@@ -337,7 +340,7 @@ def test_ratio_outside_the_authors_range_warns(tmp_path, vgg16_file, monkeypatch
     from basicsr.utils import get_root_logger
     opt = make_opt(tmp_path, vgg16_file, neg_iter=[100], neg_start=0.3, neg_weight=1e-6)
     model = build_model(opt)
-    monkeypatch.setattr(type(model), 'RATIO_WINDOW', 2)
+    monkeypatch.setattr(type(model.cri_pix), 'RATIO_WINDOW', 2)
     messages = []
     monkeypatch.setattr(get_root_logger(), 'warning', lambda msg, *a, **k: messages.append(msg))
     for it, batch in enumerate(batches(2), start=1):

@@ -199,11 +199,11 @@ def test_plain_pytorch_example_trains_with_spn_and_cr(empty_torch_home, tmp_path
     ckpt = tmp_path / 'plain.pth'
     run = example.main(iters=4, loss='spn', checkpoint=str(ckpt))
     assert len(run['losses']) == 4 and all(rec > 0 and neg > 0 for rec, neg in run['losses'])
-    assert run['hook'].refresh_count == [2, 0] and run['hook'].last_refresh_iter == [4, 0]  # neg_iter [2, 5]
+    assert run['bank'].refresh_count == [2, 0] and run['bank'].last_refresh_iter == [4, 0]  # neg_iter [2, 5]
     state = torch.load(ckpt)  # weights-only load: the hook's state holds tensors and numbers only
     assert state['mclir']['refresh_count'] == [2, 0] and state['iter'] == 4
-    assert torch.equal(state['mclir']['negatives'][0]['body.0.weight'], run['hook'].negatives[0].body[0].weight)
-    # the peer loss through the same loop, with the hook's (inference-mode) negatives
+    assert torch.equal(state['mclir']['negatives'][0]['body.0.weight'], run['bank'].negatives[0].body[0].weight)
+    # the peer loss through the same loop, with the bank's (inference-mode) negatives
     cr = example.main(iters=2, loss='cr')
     assert all(rec > 0 and neg < 0 for rec, neg in cr['losses'])
     assert isinstance(cr['criterion'], ContrastRatioLoss)

@@ -1,5 +1,6 @@
 import mclir_plugin  # noqa: F401  (before basicsr: installs the compatibility shim)
 
+import os
 import pickle
 
 import numpy as np
@@ -202,3 +203,127 @@ def test_basicsr_dataloader_collates_and_is_reproducible(workers):
     val_opt = make_opt('rain', phase='val', val_size=32)
     val_batch = next(iter(build_dataloader(build_dataset(val_opt), val_opt)))
     assert val_batch['lq'].shape == (1, 3, 32, 32) and val_batch['lq_path'] == ['chelsea']
+
+
+# ---- SyntheticVideoDataset: clips for BasicSR's video models ----
+
+def video_opt(phase='train', **extra):
+    opt = dict(name='REDS4', type='SyntheticVideoDataset', phase=phase, scale=4, images=['chelsea', 'coffee'],
+               num_frame=3, gt_size=32, val_size=32, length=4, max_shift=2, batch_size_per_gpu=2,
+               num_worker_per_gpu=0, dataset_enlarge_ratio=1, prefetch_mode=None, io_backend=dict(type='disk'))
+    opt.update(extra)
+    return opt
+
+
+def clip_velocity(gt, max_shift):
+    """The whole-pixel shift (dy, dx) with frame[t + 1][y, x] == frame[t][y + dy, x + dx] for every t."""
+    size = gt.shape[-1]
+    found = set()
+    for t in range(gt.shape[0] - 1):
+        a, b = gt[t], gt[t + 1]
+        for dy in range(-max_shift, max_shift + 1):
+            for dx in range(-max_shift, max_shift + 1):
+                ys, yd = (slice(dy, size), slice(0, size - dy)) if dy >= 0 else (slice(0, size + dy), slice(-dy, size))
+                xs, xd = (slice(dx, size), slice(0, size - dx)) if dx >= 0 else (slice(0, size + dx), slice(-dx, size))
+                if torch.equal(b[:, yd, xd], a[:, ys, xs]):
+                    found.add((t, dy, dx))
+    velocities = {(dy, dx) for _, dy, dx in found}
+    assert {t for t, _, _ in found} == set(range(gt.shape[0] - 1)), 'a frame pair is not a translation'
+    return velocities
+
+
+def test_video_registered_and_shapes_of_each_mode():
+    from mclir_plugin.data import SyntheticVideoDataset
+    assert DATASET_REGISTRY.get('SyntheticVideoDataset') is SyntheticVideoDataset
+    torch.manual_seed(0)
+    recurrent = build_dataset(video_opt())[0]
+    assert recurrent['lq'].shape == (3, 3, 8, 8) and recurrent['gt'].shape == (3, 3, 32, 32)
+    assert recurrent['key'].split('/')[0] in ('chelsea', 'coffee')
+    centre = build_dataset(video_opt(gt_frames='center'))[1]
+    assert centre['lq'].shape == (3, 3, 8, 8) and centre['gt'].shape == (3, 32, 32)
+    val = build_dataset(video_opt('val'))
+    assert len(val) == 2 and val[1]['folder'] == 'coffee' and val[1]['gt'].shape == (3, 3, 32, 32)
+    assert val.data_info['folder'] == ['chelsea'] * 3 + ['coffee'] * 3  # what BasicSR's validation counts
+    val_centre = build_dataset(video_opt('val', gt_frames='center'))
+    assert len(val_centre) == 6 and [val_centre[i]['idx'] for i in range(3)] == ['0/3', '1/3', '2/3']
+
+
+@pytest.mark.parametrize('max_shift', [0, 3])
+def test_video_frames_are_one_crop_moving_at_constant_speed(max_shift):
+    from mclir_plugin.data import SyntheticVideoDataset
+    dataset = SyntheticVideoDataset(video_opt(num_frame=4, max_shift=max_shift, length=6))
+    torch.manual_seed(0)
+    velocities = set()
+    for index in range(6):
+        item = dataset[index]
+        found = clip_velocity(item['gt'], max_shift)
+        assert found, 'frames are not translations of each other'
+        velocities |= found
+        for t in range(4):  # each lq frame is the MATLAB bicubic of its own GT frame
+            np.testing.assert_allclose(as_hwc(item['lq'][t]), np.clip(imresize(as_hwc(item['gt'][t]), 1 / 4), 0, 1),
+                                       atol=1e-5)
+    if max_shift == 0:
+        assert velocities == {(0, 0)}
+    else:
+        assert len(velocities) > 1 and all(max(abs(dy), abs(dx)) <= max_shift for dy, dx in velocities)
+
+
+def test_video_noise_and_reproducibility():
+    from mclir_plugin.data import SyntheticVideoDataset
+    dataset = SyntheticVideoDataset(video_opt(noise_sigma=10, length=2))
+    torch.manual_seed(5)
+    first = dataset[0]
+    torch.manual_seed(5)
+    assert torch.equal(dataset[0]['lq'], first['lq'])
+    clean = np.stack([np.clip(imresize(as_hwc(f), 1 / 4), 0, 1) for f in first['gt']])
+    residual = np.stack([as_hwc(f) for f in first['lq']]) - clean
+    assert 0.7 * 10 / 255 < residual.std() < 1.3 * 10 / 255
+
+
+def test_video_validation_matches_basicsr_video_test_datasets(tmp_path):
+    """Written to disk as a REDS4 tree, the clips read back through BasicSR's own test datasets give the same
+    items (keys, shapes, folder/idx/border, values up to 8-bit rounding)."""
+    from basicsr.data.video_test_dataset import VideoRecurrentTestDataset, VideoTestDataset
+    from basicsr.utils import tensor2img
+    import cv2
+    ours = build_dataset(video_opt('val', gt_frames='center'))
+    for clip_index, folder in enumerate(['chelsea', 'coffee']):
+        for key in ('gt', 'lq'):
+            os.makedirs(tmp_path / key / folder)
+        for frame in range(3):
+            item = ours[clip_index * 3 + frame]
+            cv2.imwrite(str(tmp_path / 'gt' / folder / f'{frame:08d}.png'), tensor2img(item['gt']))
+            cv2.imwrite(str(tmp_path / 'lq' / folder / f'{frame:08d}.png'), tensor2img(item['lq'][1]))
+    theirs_opt = dict(name='REDS4', dataroot_gt=str(tmp_path / 'gt'), dataroot_lq=str(tmp_path / 'lq'),
+                      cache_data=True, io_backend=dict(type='disk'), num_frame=3, padding='reflection_circle')
+    theirs = VideoTestDataset(theirs_opt)
+    assert len(theirs) == len(ours) and theirs.data_info['folder'] == ours.data_info['folder']
+    for index in range(len(ours)):
+        a, b = ours[index], theirs[index]
+        assert set(b) <= set(a) and all(a[k] == b[k] for k in ('folder', 'idx', 'border'))
+        for key in ('lq', 'gt'):
+            assert a[key].shape == b[key].shape
+            assert (a[key] - b[key]).abs().max() <= 0.5 / 255 + 1e-6
+    recurrent, theirs_recurrent = build_dataset(video_opt('val')), VideoRecurrentTestDataset(theirs_opt)
+    assert len(recurrent) == len(theirs_recurrent) and recurrent.data_info['folder'] == ours.data_info['folder']
+    for index in range(2):
+        a, b = recurrent[index], theirs_recurrent[index]
+        assert set(b) <= set(a) and a['folder'] == b['folder']
+        assert a['gt'].shape == b['gt'].shape and a['lq'].shape == b['lq'].shape
+        assert (a['gt'] - b['gt']).abs().max() <= 0.5 / 255 + 1e-6  # the same clip as the per-frame mode
+
+
+@pytest.mark.parametrize('changes,message', [
+    (dict(gt_frames='middle'), 'gt_frames must be one of'),
+    (dict(gt_frames='center', num_frame=4), 'odd num_frame'),
+    (dict(num_frame=0), 'num_frame must be an integer >= 1'),
+    (dict(scale=1), 'scale must be one of'),
+    (dict(gt_size=30), 'gt_size must be a positive multiple of scale 4'),
+    (dict(gt_size=296, max_shift=4), "needs 304 pixels; image 'chelsea'"),
+    (dict(noise_sigma=-1), 'noise_sigma must be >= 0'),
+    (dict(phase='val', padding='zeros'), 'padding must be one of'),
+])
+def test_video_bad_options_raise(changes, message):
+    from mclir_plugin.data import SyntheticVideoDataset
+    with pytest.raises(ValueError, match=message):
+        SyntheticVideoDataset(video_opt(**changes))

@@ -17,6 +17,16 @@ Example option block (``type: SyntheticPairedDataset``)::
     length: 800           # train: samples per epoch
     val_size: 128         # val: GT center crop side; ~ for the whole image
     degradation: {beta_range: [0.6, 1.8]}   # keyword arguments of the degradation function
+
+:class:`SyntheticVideoDataset` (``type: SyntheticVideoDataset``) makes short clips for BasicSR's video models
+from the same photographs: a crop moving by a few pixels a frame, each frame degraded as ``sr`` (plus optional
+noise)::
+
+    images: [astronaut, coffee]
+    num_frame: 5          # frames per clip
+    gt_frames: all        # all: BasicVSR (VideoRecurrentModel); center: EDVR (VideoBaseModel)
+    max_shift: 2          # largest motion per frame, GT pixels
+    gt_size: 64           # train: GT patch side; val_size for validation
 """
 from __future__ import annotations
 
@@ -29,6 +39,7 @@ import numpy as np
 import torch
 from torch.utils import data
 
+from basicsr.data.data_util import generate_frame_indices
 from basicsr.utils.matlab_functions import imresize
 from basicsr.utils.registry import DATASET_REGISTRY
 
@@ -338,3 +349,195 @@ class SyntheticPairedDataset(data.Dataset):
             (self.val_size, self.val_size)
         top, left = (h - ch) // 2, (w - cw) // 2
         return img[top:top + ch, left:left + cw]
+
+
+GT_FRAMES = ('all', 'center')
+PADDINGS = ('replicate', 'reflection', 'reflection_circle', 'circle')
+
+
+@DATASET_REGISTRY.register()
+class SyntheticVideoDataset(data.Dataset):
+    """Short clips made from scikit-image's photographs by a moving crop, for video demos and tests.
+
+    A clip is ``num_frame`` GT crops of one photograph whose window moves by a constant whole-pixel velocity
+    ``(vy, vx)``, each component drawn from ``[-max_shift, max_shift]`` per clip (a camera pan), so frame ``t``
+    is the crop at ``(top + t * vy, left + t * vx)``. Each frame is degraded on its own as the image set's
+    ``sr`` task does (:func:`degrade_sr`, MATLAB-like bicubic), so the low-resolution frames move by sub-pixel
+    amounts, plus optional Gaussian noise of ``noise_sigma`` 8-bit levels.
+
+    The samples have the shapes and keys BasicSR's video models read:
+
+    * ``gt_frames: all`` (BasicVSR/IconVSR, ``VideoRecurrentModel``): training items as ``REDSRecurrentDataset``
+      (``lq`` (T, C, h, w), ``gt`` (T, C, H, W), ``key``); validation gives one item per photograph as
+      ``VideoRecurrentTestDataset`` (the whole clip, ``folder``).
+    * ``gt_frames: center`` (EDVR, ``VideoBaseModel``/``EDVRModel``): training items as ``REDSDataset``
+      (``gt`` of the centre frame, (C, H, W)); validation gives one item per frame of each clip as
+      ``VideoTestDataset``: ``lq`` is the ``num_frame`` window around frame ``i`` (``padding`` at the clip's
+      ends, BasicSR's ``generate_frame_indices``), ``gt`` frame ``i``, with ``folder``, ``idx`` (``'i/T'``),
+      ``border`` and ``lq_path``.
+
+    ``data_info['folder']`` lists the folder of every validation frame, which BasicSR's video validation counts.
+    Randomness follows :class:`SyntheticPairedDataset`: a training clip draws everything from
+    ``numpy.random.default_rng([seed, index, r])`` with ``r`` from torch's RNG; validation clips from
+    ``default_rng([seed, index])``, so they are the same on every call.
+
+    Args:
+        opt (dict): The dataset's option block (BasicSR's generic keys are ignored):
+
+            * ``phase`` (str): ``'train'`` or another phase (validation). Defaults to ``'train'``.
+            * ``images`` (list[str] | str): Names from :data:`IMAGE_NAMES`. Defaults to :data:`DEFAULT_IMAGES`.
+            * ``scale`` (int): 2, 3 or 4 (BasicSR copies the top-level scale in). Defaults to 4.
+            * ``num_frame`` (int): Frames per clip (training and validation); odd for ``gt_frames: center``.
+              Defaults to 5.
+            * ``gt_frames`` (str): ``'all'`` or ``'center'`` (see above). Defaults to ``'all'``.
+            * ``max_shift`` (int): Largest per-frame motion in GT pixels along each axis. Defaults to 2.
+            * ``noise_sigma`` (float): Standard deviation of the Gaussian noise added to ``lq``, in 8-bit levels
+              (0 = none). Defaults to 0.
+            * ``gt_size`` (int): Training GT patch side, a multiple of ``scale``. Defaults to 64.
+            * ``length`` (int): Training clips per epoch. Defaults to 1000.
+            * ``use_hflip``, ``use_rot`` (bool): Random flips/transpose in training, the same for every frame.
+              Default to True.
+            * ``val_size`` (int): Validation GT crop side, a multiple of ``scale``. Defaults to 64.
+            * ``padding`` (str): Frame padding of ``gt_frames: center`` validation windows. Defaults to
+              ``'reflection_circle'`` (BasicSR's EDVR files).
+            * ``seed`` (int): Base seed of every clip's generator. Defaults to 0.
+    """
+
+    def __init__(self, opt: dict[str, Any]) -> None:
+        super().__init__()
+        self.opt = opt  # BasicSR's validation reads dataset.opt['name']
+        self.phase = opt.get('phase', 'train')
+        self.scale = opt.get('scale', 4)
+        if self.scale not in SR_SCALES:
+            raise ValueError(f'SyntheticVideoDataset: scale must be one of {list(SR_SCALES)}, got {self.scale!r}')
+        self.gt_frames = opt.get('gt_frames', 'all')
+        if self.gt_frames not in GT_FRAMES:
+            raise ValueError(f'SyntheticVideoDataset: gt_frames must be one of {list(GT_FRAMES)}, '
+                             f'got {self.gt_frames!r}')
+        self.num_frame = self._positive_int('num_frame', opt.get('num_frame', 5))
+        if self.gt_frames == 'center' and self.num_frame % 2 == 0:
+            raise ValueError(f'SyntheticVideoDataset: gt_frames center needs an odd num_frame (a centre frame), '
+                             f'got {self.num_frame}')
+        self.max_shift = self._positive_int('max_shift', opt.get('max_shift', 2), allow_zero=True)
+        self.noise_sigma = float(opt.get('noise_sigma', 0))
+        if not 0 <= self.noise_sigma < math.inf:
+            raise ValueError(f'SyntheticVideoDataset: noise_sigma must be >= 0 (8-bit levels), '
+                             f'got {opt.get("noise_sigma")!r}')
+        self.padding = opt.get('padding', 'reflection_circle')
+        if self.padding not in PADDINGS:
+            raise ValueError(f'SyntheticVideoDataset: padding must be one of {list(PADDINGS)}, got {self.padding!r}')
+        self.seed = int(opt.get('seed', 0))
+        self.use_hflip = bool(opt.get('use_hflip', True))
+        self.use_rot = bool(opt.get('use_rot', True))
+
+        names = opt.get('images', DEFAULT_IMAGES)
+        self.names = [names] if isinstance(names, str) else list(names)
+        unknown = [n for n in self.names if n not in IMAGE_NAMES]
+        if unknown or not self.names:
+            raise ValueError(f'SyntheticVideoDataset: images must be a non-empty list of names from '
+                             f'{list(IMAGE_NAMES)}, got {self.names!r}')
+        self.images = [_load_image(n) for n in self.names]
+
+        if self.phase == 'train':
+            self.size = self._check_size('gt_size', opt.get('gt_size', 64))
+            self.length = self._positive_int('length', opt.get('length', 1000))
+        else:
+            self.size = self._check_size('val_size', opt.get('val_size', 64))
+            # BasicSR's video validation counts the frames of each folder in data_info['folder']
+            self.data_info = {'folder': [name for name in self.names for _ in range(self.num_frame)]}
+
+    @staticmethod
+    def _positive_int(key: str, value: Any, allow_zero: bool = False) -> int:
+        """``value`` if it is an integer >= 1 (>= 0 with ``allow_zero``), else a ValueError naming ``key``."""
+        if isinstance(value, bool) or not isinstance(value, int) or value < (0 if allow_zero else 1):
+            raise ValueError(f'SyntheticVideoDataset: {key} must be an integer >= {0 if allow_zero else 1}, '
+                             f'got {value!r}')
+        return value
+
+    def _check_size(self, key: str, size: Any) -> int:
+        """A crop side: a positive multiple of ``scale`` whose moving window fits in every chosen image."""
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1 or size % self.scale:
+            raise ValueError(f'SyntheticVideoDataset: {key} must be a positive multiple of scale {self.scale}, '
+                             f'got {size!r}')
+        span = size + (self.num_frame - 1) * self.max_shift  # the window's reach at the largest velocity
+        for name, img in zip(self.names, self.images):
+            if min(img.shape[:2]) < span:
+                raise ValueError(f'SyntheticVideoDataset: {key} {size} moved by up to max_shift {self.max_shift} '
+                                 f'over {self.num_frame} frames needs {span} pixels; image {name!r} is '
+                                 f'{img.shape[0]}x{img.shape[1]}')
+        return size
+
+    def __len__(self) -> int:
+        if self.phase == 'train':
+            return self.length
+        return len(self.names) * (self.num_frame if self.gt_frames == 'center' else 1)
+
+    def clip(self, image_index: int, rng: np.random.Generator, centred: bool) -> np.ndarray:
+        """GT frames ``(T, H, W, C)`` of one clip: a crop of the image moving by a random constant velocity.
+
+        Args:
+            image_index (int): Index into ``images``.
+            rng (np.random.Generator): Source of the velocity (and, unless ``centred``, the start).
+            centred (bool): Centre the clip's path in the image (validation) instead of a random start.
+
+        Returns:
+            np.ndarray: float32 frames in [0, 1].
+        """
+        img, size, steps = self.images[image_index], self.size, self.num_frame - 1
+        vy, vx = (int(v) for v in rng.integers(-self.max_shift, self.max_shift, size=2, endpoint=True))
+        corners = []
+        for v, side in ((vy, img.shape[0]), (vx, img.shape[1])):
+            low, high = -min(0, v * steps), side - size - max(0, v * steps)  # the start keeps every frame inside
+            corners.append((low + high) // 2 if centred else int(rng.integers(low, high, endpoint=True)))
+        top, left = corners
+        return np.stack([img[top + t * vy:top + t * vy + size, left + t * vx:left + t * vx + size]
+                         for t in range(self.num_frame)])
+
+    def _degrade(self, frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Bicubic downscaling of every frame, then Gaussian noise if ``noise_sigma`` > 0."""
+        lq = np.stack([degrade_sr(frame, self.scale) for frame in frames])
+        if self.noise_sigma:
+            lq = np.clip(lq + rng.normal(0, self.noise_sigma / 255, lq.shape).astype(np.float32), 0, 1)
+        return lq
+
+    def _augment(self, frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """BasicSR's ``augment`` (hflip, vflip, transpose, each p = 1/2) applied alike to every frame."""
+        hflip, vflip, rot90 = rng.random(3) < 0.5
+        if self.use_hflip and hflip:
+            frames = frames[:, :, ::-1]
+        if self.use_rot and vflip:
+            frames = frames[:, ::-1]
+        if self.use_rot and rot90:
+            frames = frames.transpose(0, 2, 1, 3)
+        return np.ascontiguousarray(frames)
+
+    @staticmethod
+    def _to_tensors(frames: np.ndarray) -> torch.Tensor:
+        """(T, H, W, C) float32 array to a new (T, C, H, W) tensor."""
+        return torch.from_numpy(np.ascontiguousarray(frames.transpose(0, 3, 1, 2)))
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if self.phase == 'train':
+            rng = np.random.default_rng([self.seed, index, int(torch.randint(2**62, ()))])
+            image_index = int(rng.integers(len(self.images)))
+            gt = self._augment(self.clip(image_index, rng, centred=False), rng)
+            lq, gt = self._to_tensors(self._degrade(gt, rng)), self._to_tensors(gt)
+            key = f'{self.names[image_index]}/{index:08d}'
+            return {'lq': lq, 'gt': gt[self.num_frame // 2] if self.gt_frames == 'center' else gt, 'key': key}
+        if self.gt_frames == 'all':  # VideoRecurrentTestDataset: the whole clip of one folder
+            rng = np.random.default_rng([self.seed, index])
+            gt = self.clip(index, rng, centred=True)
+            lq = self._degrade(gt, rng)
+            return {'lq': self._to_tensors(lq), 'gt': self._to_tensors(gt), 'folder': self.names[index],
+                    'lq_path': f'{self.names[index]}/{self.num_frame // 2:08d}'}
+        # VideoTestDataset: one item per frame, its lq the window around it
+        clip_index, frame = divmod(index, self.num_frame)
+        rng = np.random.default_rng([self.seed, clip_index])  # the same clip for each of its frames
+        gt = self.clip(clip_index, rng, centred=True)
+        lq = self._degrade(gt, rng)
+        window = generate_frame_indices(frame, self.num_frame, self.num_frame, padding=self.padding)
+        folder = self.names[clip_index]
+        return {'lq': self._to_tensors(lq[window]), 'gt': self._to_tensors(gt[frame:frame + 1])[0],
+                'folder': folder, 'idx': f'{frame}/{self.num_frame}',
+                'border': int(frame < self.num_frame // 2 or frame >= self.num_frame - self.num_frame // 2),
+                'lq_path': f'{folder}/{frame:08d}'}

@@ -1,50 +1,24 @@
-"""The history-negative models of MCLIR: lagged copies of the network that SPN pushes the output away from.
+"""``HistoryNegativeHook``: the thin mmengine ``Hook`` that drives a bank of history negatives.
 
-Negative ``i`` starts as a blend of the network and a fresh initialisation and is then refreshed every
-``k_i`` iterations, after ``optimizer.step()``, from the raw (non-EMA) network:
+The negatives themselves, their schedules and their state live in
+:class:`~mclir_plugin.hooks.history_negatives.HistoryNegatives` (``hook.bank``), usable from any loop; this class
+only builds the bank from an option block (mmengine's ``HOOKS`` registry, BasicSR's ``mclir.hook``) and connects
+it to an mmengine ``Runner``:
 
-.. math::
+* ``before_train`` builds the negatives from ``runner.model`` (its ``module_key`` attribute, unwrapped);
+* ``after_train_iter`` refreshes them at iteration ``runner.iter + 1``;
+* checkpoints carry ``bank.state_dict()`` under the key ``'mclir'``.
 
-    \\theta'_i \\leftarrow s \\, \\theta^{fresh}_i + (1 - s) \\, \\theta
-    \\quad\\text{(start, } s = \\text{neg\\_start)}
+The model reaches the negatives through the same hook instance (``hook.bank(lq)``, see
+``examples/mmengine_spn.py``). mmengine 0.10.7 loads checkpoints with a bare ``torch.load``, which torch >= 2.6
+runs with ``weights_only=True`` and which then fails on mmengine's own objects: resume inside
+:func:`mclir_plugin.compat.trusted_mmengine_checkpoints`.
 
-    \\theta'_i \\leftarrow d_i \\, \\theta'_i + (1 - d_i) \\, \\theta  \\quad\\text{when } t \\bmod k_i = 0
-    \\text{ (t = 1-based iteration, } d_i = \\text{neg\\_decay}_i)
-
-so ``d`` is the share the negative keeps of itself (0.1 in the official setting: a refresh is 90% a snapshot).
-Parameters are updated with exactly the official arithmetic (``mul_(d).add_(net, alpha=1-d)``), so results can be
-compared bit for bit.
-
-Caveats up front:
-
-* Pairing: negative ``i`` uses ``neg_iter[i]`` and ``neg_decay[i]``. The official code reverses only the interval
-  list (``neg_iter[i]`` goes with ``neg_decay[N-1-i]``); ``pairing='official_reversed'`` reproduces it. With equal
-  decays, as in every published setting, the two are the same.
-* Buffers: the official code refreshes parameters only. ``update_buffers=True`` (default) also blends floating
-  buffers (BatchNorm statistics) with ``lerp``, which leaves constant buffers bit-identical, and copies integer ones.
-* The fresh initialisation of negative ``i`` is drawn under its own seed, :func:`negative_seed` ``(seed, i)``, a
-  hash of the run's seed and ``i``, inside ``fork_rng``: it is the same on every rank, does not shift the caller's
-  random stream (baseline and SPN runs with one seed see the same data and network init), and is independent of
-  the network's own initialisation and of the other negatives, as the official code's ``build_network`` calls
-  are. (Seeding it with the run's seed itself, as earlier versions did, re-drew the network's initial weights:
-  negative 0 started as an exact copy and ``neg_start`` had no effect on it.)
-* Not built on mmengine's ``ExponentialMovingAverage``: it rejects ``momentum = 1 - d`` of 1 (an exact copy), warns
-  for every official setting (momentum 0.9 > 0.5), and hard-copies on its first update, which would erase the start
-  blend. The update itself is two ``_foreach`` calls. The class is an mmengine ``Hook`` so that its registry builds
-  it from the ``mclir.hook`` option block.
-* Under an mmengine ``Runner`` (``custom_hooks=[hook]``) the stage methods do the work: ``before_train`` builds the
-  negatives from ``runner.model`` (its ``module_key`` attribute, unwrapped), ``after_train_iter`` refreshes them at
-  iteration ``runner.iter + 1``, and checkpoints carry :meth:`HistoryNegativeHook.state_dict` under the key
-  ``'mclir'``. The model reaches the negatives through the same hook instance (see ``examples/mmengine_spn.py``).
-  mmengine 0.10.7 loads checkpoints with a bare ``torch.load``, which torch >= 2.6 runs with ``weights_only=True``
-  and which then fails on mmengine's own objects: resume inside
-  :func:`mclir_plugin.compat.trusted_mmengine_checkpoints`.
+For older code, the hook still answers the bank's runner-free methods and attributes (``build``,
+``forward_negatives``, ``step``, ``state_dict``, ``negatives``, ``intervals``, ...) by delegating to ``bank``.
 """
 from __future__ import annotations
 
-import copy
-import hashlib
-import logging
 from typing import Any, Callable, Sequence
 
 import torch
@@ -52,116 +26,27 @@ from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 from torch import nn
 
-from mclir_plugin.hooks.negative_fast_path import accelerate_negative
-from mclir_plugin.memory_layout import CHANNELS_LAST_OPTION, use_channels_last
-from mclir_plugin.option_schema import (Boolean, Choice, Integer, Number, OneOrList, Optional, OptionError, Text,
-                                        check_options)
-
-logger = logging.getLogger('basicsr')
-
-PAIRINGS = ('natural', 'official_reversed')
-# The hook's options (README, "The mclir block"); the model reports them under mclir.hook
-HOOK_OPTIONS = {
-    'neg_iter': OneOrList(Integer(low=1, note='iterations between refreshes')),
-    'neg_decay': OneOrList(Number(0, 1, high_open=True, note='the share a negative keeps of itself')),
-    'neg_start': Number(0, 1, note='the share of a fresh init at the start'),
-    'pairing': Choice(*PAIRINGS),
-    'update_buffers': Boolean(),
-    'seed': Optional(Integer(), note="~ = the run's manual_seed"),
-    'sync_check_interval': Integer(low=0, note='0 = off'),
-    'module_key': Optional(Text("an attribute name of runner.model such as 'net'")),
-    'adaptive_threshold': Optional(Number(low=0), note='~ = the interval schedule'),
-    'adaptive_decay': Number(0, 1, high_open=True),
-    'fast_forward': Boolean(),
-    'channels_last': CHANNELS_LAST_OPTION,
-}
-
-
-def unwrap(net: nn.Module) -> nn.Module:
-    """The bare module inside DataParallel/DistributedDataParallel and ``torch.compile`` wrappers."""
-    while True:
-        if isinstance(net, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-            net = net.module
-        elif hasattr(net, '_orig_mod'):
-            net = net._orig_mod
-        else:
-            return net
-
-
-def reinitialised_copy(net: nn.Module) -> nn.Module:
-    """A deep copy of ``net`` whose submodules have run ``reset_parameters()`` (a generic fresh initialisation)."""
-    fresh = copy.deepcopy(unwrap(net))
-    for module in fresh.modules():
-        if hasattr(module, 'reset_parameters'):
-            module.reset_parameters()
-    return fresh
-
-
-def negative_seed(seed: int, index: int) -> int:
-    """The seed of negative ``index``'s fresh initialisation, derived from the run's ``seed``.
-
-    A 63-bit hash of a fixed salt, ``seed`` and ``index``: the same on every rank and in every run with that seed,
-    different for each negative, and never ``seed`` itself (nor ``seed + rank``, BasicSR's per-rank seeds), which
-    has just initialised the network.
-    """
-    digest = hashlib.sha256(f'mclir-history-negative/{int(seed)}/{int(index)}'.encode()).digest()
-    return int.from_bytes(digest[:8], 'little') >> 1
-
-
-def _as_list(value: Any, length: int, name: str) -> list[float]:
-    values = list(value) if isinstance(value, (list, tuple)) else [value] * length
-    if len(values) != length:
-        raise OptionError.of(name, value, f'one number, or a list of {length} (one per neg_iter entry)')
-    return values
+from mclir_plugin.hooks.history_negatives import (HOOK_OPTIONS, HistoryNegatives, negative_seed,  # noqa: F401
+                                                  reinitialised_copy, unwrap)
+from mclir_plugin.option_schema import check_options
 
 
 @HOOKS.register_module()
 class HistoryNegativeHook(Hook):
-    """Keeps N history-negative models of a network and refreshes them on their schedules.
-
-    Usable from a plain PyTorch loop (:meth:`build`, :meth:`forward_negatives`, :meth:`step`,
-    :meth:`state_dict`) and from BasicSR through ``MCLIRModel``.
+    """mmengine hook around a :class:`~mclir_plugin.hooks.history_negatives.HistoryNegatives` bank (``self.bank``).
 
     Args:
-        neg_iter: Refresh interval of each negative, in iterations; one negative per entry.
-            Defaults to ``(100, 200, 500, 1000)``.
-        neg_decay: Share ``d`` a negative keeps of itself at a refresh, in [0, 1); one number or one per
-            negative. Defaults to 0.1.
-        neg_start: Share ``s`` of a fresh random initialisation in the start blend, in [0, 1]; 0 starts from an
-            exact copy. Defaults to 0.1.
-        pairing: ``'natural'`` or ``'official_reversed'`` (see the module notes). Defaults to ``'natural'``.
-        update_buffers: Refresh buffers too (floating ones blended, others copied). Defaults to True.
-        seed: Seed from which the fresh initialisations are derived, the same on every rank: negative ``i`` is
-            drawn under ``torch.manual_seed(negative_seed(seed, i))``, so each negative's fresh part is
-            independent of the others and of the network's initialisation under ``seed``. ``None`` lets the
-            owner choose (MCLIRModel passes the run's ``manual_seed``, an mmengine runner its seed); otherwise
-            0. Defaults to None.
-        sync_check_interval: Debugging aid for multi-process runs: when the negatives are built and every this
-            many iterations, compare checksums of the negatives across ranks (two small all-reduces) and raise if
-            they differ. 0 turns it off; the negatives need no communication otherwise. Defaults to 0.
         module_key: mmengine runners only (MCLIRModel ignores it): the attribute of ``runner.model`` that holds
             the network the negatives copy, dotted for nested ones (``'net'``, ``'generator.backbone'``). ``None``
             copies the whole (unwrapped) ``runner.model``, which is wrong when it also holds a loss with VGG or a
             reference to this hook. Defaults to None.
-        adaptive_threshold: The official repository's adaptive variant (not in the paper): the interval schedule
-            is off, and whenever the error spread of the batch, ``s = mean_b std_{c,h,w}(2 (out - gt))`` (the
-            spread of the L2 gradient), exceeds this threshold, one negative is refreshed, round robin, with
-            ``adaptive_decay``. ``s`` is averaged over ranks first, so every rank refreshes the same negative.
-            MCLIRModel calls :meth:`adaptive_step` before backward, as the official code does. The official value
-            is 0.022. ``None`` keeps the interval schedule. Defaults to None.
-        adaptive_decay: Decay of an adaptive refresh (official: 0.001, about a copy). Defaults to 0.001.
-        fast_forward: Let the negatives' window attention skip work it repeats on every call (SwinIR's masks and
-            DehazeFormer's bias MLP kept between refreshes, logits updated in place for SwinIR, DehazeFormer and
-            IDT; see :mod:`mclir_plugin.hooks.negative_fast_path`). Same maths, float rounding aside; other
-            architectures are unaffected. Defaults to True.
-        channels_last: Keep the negatives (and feed them) in channels-last memory format. ``'auto'`` does so on
-            CPU, where it makes the no-grad forwards of FFA-Net and DehazeFormer about 20% faster (SwinIR
-            unchanged), and not on CUDA (see :mod:`mclir_plugin.memory_layout`). Their outputs come back in the
-            usual layout. Defaults to ``'auto'``.
+        **bank_options: The bank's arguments, as :class:`HistoryNegatives` documents them (``neg_iter``,
+            ``neg_decay``, ``neg_start``, ``pairing``, ``update_buffers``, ``seed``, ``sync_check_interval``,
+            ``adaptive_threshold``, ``adaptive_decay``, ``fast_forward``, ``channels_last``).
     """
 
     priority = 'NORMAL'
-    checkpoint_key = 'mclir'  # where mmengine checkpoints hold state_dict(), as BasicSR training states do
+    checkpoint_key = 'mclir'  # where mmengine checkpoints hold the bank's state_dict(), as BasicSR training states do
 
     def __init__(self,
                  neg_iter: Sequence[int] | int = (100, 200, 500, 1000),
@@ -176,247 +61,59 @@ class HistoryNegativeHook(Hook):
                  adaptive_decay: float = 0.001,
                  fast_forward: bool = True,
                  channels_last: bool | str = 'auto') -> None:
-        check_options(HOOK_OPTIONS, locals())  # the arguments, by name: keys and values as the option block has them
-        neg_iter = list(neg_iter) if isinstance(neg_iter, (list, tuple)) else [neg_iter]
-        decays = _as_list(neg_decay, len(neg_iter), 'neg_decay')
-        num = len(neg_iter)
-        self.fast_forward = fast_forward
-        self.channels_last = channels_last
-        self._negatives_channels_last = False  # decided in build(), from the device
-        self.adaptive_threshold = None if adaptive_threshold is None else float(adaptive_threshold)
-        self.adaptive_decay = float(adaptive_decay)
-        self.adaptive_count = 0
-        self.neg_iter = neg_iter
-        self.neg_decay = [float(d) for d in decays]
-        self.neg_start = float(neg_start)
-        self.pairing = pairing
-        self.update_buffers = bool(update_buffers)
-        self.seed = seed
-        self.sync_check_interval = sync_check_interval
-        # per physical negative i: its interval and decay
-        self.intervals = neg_iter[::-1] if pairing == 'official_reversed' else list(neg_iter)
-        self.decays = list(self.neg_decay)
-        self.negatives = nn.ModuleList()
-        self.refresh_count = [0] * num
-        self.last_refresh_iter = [0] * num
+        check_options(HOOK_OPTIONS, {'module_key': module_key}, keys=('module_key',))
         self.module_key = module_key
+        self.bank = HistoryNegatives(neg_iter=neg_iter, neg_decay=neg_decay, neg_start=neg_start, pairing=pairing,
+                                     update_buffers=update_buffers, seed=seed,
+                                     sync_check_interval=sync_check_interval, adaptive_threshold=adaptive_threshold,
+                                     adaptive_decay=adaptive_decay, fast_forward=fast_forward,
+                                     channels_last=channels_last)
         self._pending_state: dict[str, Any] | None = None  # read from a checkpoint before the negatives exist
 
-    @property
-    def num_negatives(self) -> int:
-        return len(self.intervals)
+    def __getattr__(self, name: str) -> Any:
+        """The bank's attributes (``negatives``, ``intervals``, ``refresh_count``, ...), read-only, for older code."""
+        bank = self.__dict__.get('bank')
+        if bank is None or name.startswith('__'):
+            raise AttributeError(name)
+        return getattr(bank, name)
 
     @property
-    def built(self) -> bool:
-        return len(self.negatives) == self.num_negatives
+    def seed(self) -> int | None:
+        return self.bank.seed
 
-    # ------------------------------------------------------------------ runner-free API
-    @torch.no_grad()
+    @seed.setter
+    def seed(self, value: int | None) -> None:
+        self.bank.seed = value
+
+    # ------------------------------------------------------------------ runner-free API (delegated to the bank)
     def build(self, net: nn.Module, fresh_init: Callable[[], nn.Module] | None = None) -> None:
-        """Create the negatives from ``net`` (call it once the network is on its device).
-
-        Args:
-            net: The network being trained (wrappers are unwrapped).
-            fresh_init: Returns a freshly initialised network of the same architecture (for ``neg_start > 0``).
-                Defaults to :func:`reinitialised_copy` of ``net``.
-        """
-        net = unwrap(net)
-        fresh_init = fresh_init or (lambda: reinitialised_copy(net))
-        device = next(net.parameters()).device
-        negatives = []
-        seed = 0 if self.seed is None else self.seed
-        with torch.random.fork_rng(devices=[]):
-            for i in range(self.num_negatives):
-                if self.neg_start == 0:
-                    neg = copy.deepcopy(net)
-                else:  # the official start: blend a fresh network towards the target with decay neg_start
-                    torch.manual_seed(negative_seed(seed, i))  # one independent stream per negative
-                    neg = fresh_init().to(device)
-                    self._blend(neg, net, self.neg_start)
-                negatives.append(neg.requires_grad_(False).eval())
-        if self.neg_start > 0:
-            logger.info('MCLIR: ' + self._start_report(negatives, net))
-        if self.fast_forward:
-            for neg in negatives:
-                accelerate_negative(neg)
-        self._negatives_channels_last = use_channels_last(self.channels_last, device)
-        if self._negatives_channels_last:
-            for neg in negatives:  # 4-D weights only; blends and loads keep the layout (they write in place)
-                neg.to(memory_format=torch.channels_last)
-        self.negatives = nn.ModuleList(negatives)
-        self.refresh_count = [0] * self.num_negatives
-        self.last_refresh_iter = [0] * self.num_negatives
-        if self.sync_check_interval:
-            self.check_sync(None)
-
-    @torch.no_grad()
-    def _start_report(self, negatives: list[nn.Module], net: nn.Module) -> str:
-        """The start blend in numbers: each negative's distance to the network and the smallest distance between
-        two negatives, relative to the network's norm (about ``neg_start`` times the spread of a fresh init)."""
-        def norm(tensors: list[torch.Tensor]) -> float:  # one module's worth of temporaries at most
-            return float(torch.stack(torch._foreach_norm(tensors)).double().norm())
-
-        target = [p.detach() for p in net.parameters()]
-        params = [[p.detach() for p in neg.parameters()] for neg in negatives]
-        scale = max(norm(target), 1e-12)
-        to_net = ' '.join(f'{norm(torch._foreach_sub(q, target)) / scale:.4g}' for q in params)
-        report = f'start blend (neg_start {self.neg_start}): relative distance to the network {to_net}'
-        if len(params) > 1:
-            apart = min(norm(torch._foreach_sub(a, b)) for i, a in enumerate(params) for b in params[i + 1:])
-            report += f'; smallest between two negatives {apart / scale:.4g}'
-        return report
-
-    @torch.no_grad()
-    def _blend(self, neg: nn.Module, net: nn.Module, decay: float) -> None:
-        """``neg <- decay * neg + (1 - decay) * net`` over parameters (and buffers when ``update_buffers``)."""
-        src = dict(net.named_parameters())
-        try:
-            pairs = [(p, src[name]) for name, p in neg.named_parameters()]
-        except KeyError as err:
-            raise RuntimeError(f'Negative and network differ: the network has no parameter {err}.') from None
-        dst_p, src_p = [p for p, _ in pairs], [q.detach() for _, q in pairs]
-        torch._foreach_mul_(dst_p, decay)
-        torch._foreach_add_(dst_p, src_p, alpha=1 - decay)
-        if self.update_buffers:
-            src_b = dict(net.named_buffers())
-            floats = [(b, src_b[name]) for name, b in neg.named_buffers() if b.is_floating_point()]
-            if floats:
-                torch._foreach_lerp_([b for b, _ in floats], [s for _, s in floats], 1 - decay)
-            for name, b in neg.named_buffers():
-                if not b.is_floating_point():
-                    b.copy_(src_b[name])
-
-    @torch.no_grad()
-    def step(self, net: nn.Module, current_iter: int) -> list[int]:
-        """Refresh the negatives due at ``current_iter`` (1-based; call after ``optimizer.step()``).
-
-        Returns:
-            The indices of the negatives refreshed.
-        """
-        self._require_built()
-        net = unwrap(net)
-        refreshed = []
-        for i, (interval, decay) in enumerate(zip(self.intervals, self.decays)):
-            if self.adaptive_threshold is None and current_iter % interval == 0:
-                self._blend(self.negatives[i], net, decay)
-                self.refresh_count[i] += 1
-                self.last_refresh_iter[i] = current_iter
-                refreshed.append(i)
-        if self.sync_check_interval and current_iter % self.sync_check_interval == 0:
-            self.check_sync(current_iter)
-        return refreshed
-
-    @property
-    def adaptive(self) -> bool:
-        return self.adaptive_threshold is not None
-
-    @torch.no_grad()
-    def adaptive_step(self, net: nn.Module, output: torch.Tensor, target: torch.Tensor,
-                      current_iter: int) -> int | None:
-        """The adaptive refresh (see ``adaptive_threshold``); returns the negative refreshed, or None."""
-        self._require_built()
-        residual = (2 * (output.detach() - target)).flatten(1).float()
-        spread = residual.std(dim=1).mean()
-        import torch.distributed as dist
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            spread = spread.cuda() if dist.get_backend() == 'nccl' else spread
-            dist.all_reduce(spread)
-            spread = spread / dist.get_world_size()
-        if spread.item() <= self.adaptive_threshold:
-            return None
-        index = self.adaptive_count % self.num_negatives
-        self._blend(self.negatives[index], unwrap(net), self.adaptive_decay)
-        self.adaptive_count += 1
-        self.refresh_count[index] += 1
-        self.last_refresh_iter[index] = current_iter
-        return index
-
-    @torch.no_grad()
-    def checksums(self) -> torch.Tensor:
-        """One float64 number per tensor of every negative (sum of its entries, weighted by position)."""
-        sums = []
-        for neg in self.negatives:
-            for tensor in neg.state_dict().values():
-                flat = tensor.detach().flatten().double()
-                weights = torch.arange(1, flat.numel() + 1, dtype=torch.float64, device=flat.device)
-                sums.append((flat * weights).sum())
-        return torch.stack(sums)
-
-    @torch.no_grad()
-    def check_sync(self, current_iter: int | None) -> None:
-        """Raise if the negatives differ across ranks (no-op without torch.distributed).
-
-        Args:
-            current_iter: The iteration, for the messages; ``None`` when the negatives have just been built.
-        """
-        import torch.distributed as dist
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-            return
-        local = self.checksums()
-        if dist.get_backend() == 'nccl':
-            local = local.cuda()
-        low, high = local.clone(), local.clone()
-        dist.all_reduce(low, op=dist.ReduceOp.MIN)
-        dist.all_reduce(high, op=dist.ReduceOp.MAX)
-        when = 'when built' if current_iter is None else f'at iteration {current_iter}'
-        if not torch.equal(low, high):
-            raise RuntimeError(f'Negative models differ across ranks {when} (checksums of '
-                               f'{int((low != high).sum())} tensors disagree): this is a bug, please report it.')
-        logger.info(f'Negative models agree across {dist.get_world_size()} ranks {when}.')
+        """:meth:`HistoryNegatives.build`."""
+        self.bank.build(net, fresh_init)
 
     def forward_negatives(self, x: torch.Tensor) -> torch.Tensor:
-        """Run every negative on ``x`` in inference mode; returns (N, *output shape), never part of a graph."""
-        self._require_built()
-        with torch.inference_mode():
-            if self._negatives_channels_last and x.dim() == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
-            return torch.stack([neg(x) for neg in self.negatives]).contiguous()
+        """:meth:`HistoryNegatives.forward`: (N, *output shape), never part of a graph."""
+        return self.bank(x)
 
-    def _require_built(self) -> None:
-        if not self.built:
-            raise RuntimeError('HistoryNegativeHook has no negatives yet: call build(net) first.')
+    def step(self, net: nn.Module, current_iter: int) -> list[int]:
+        """:meth:`HistoryNegatives.step` (after the optimizer step, 1-based iteration)."""
+        return self.bank.step(net, current_iter)
+
+    def adaptive_step(self, net: nn.Module, output: torch.Tensor, target: torch.Tensor,
+                      current_iter: int) -> int | None:
+        """:meth:`HistoryNegatives.adaptive_step`."""
+        return self.bank.adaptive_step(net, output, target, current_iter)
 
     def state_dict(self) -> dict[str, Any]:
-        """Negatives (CPU tensors) and counters; everything a resume needs. Safe for ``weights_only`` loads."""
-        return {
-            'negatives': [{k: v.detach().cpu().clone() for k, v in neg.state_dict().items()} for neg in self.negatives],
-            'intervals': list(self.intervals),
-            'decays': list(self.decays),
-            'refresh_count': list(self.refresh_count),
-            'last_refresh_iter': list(self.last_refresh_iter),
-            'adaptive_count': self.adaptive_count,
-        }
+        """:meth:`HistoryNegatives.state_dict`."""
+        return self.bank.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict` into built negatives (on whatever device they are)."""
-        self._require_built()
-        saved = len(state['negatives'])
-        if saved != self.num_negatives:
-            raise ValueError(f'The checkpoint holds {saved} negative models but the options ask for '
-                             f'{self.num_negatives} (neg_iter {self.neg_iter}); resume with the same neg_iter.')
-        if state['intervals'] != self.intervals or state['decays'] != self.decays:
-            logger.warning(f"Negative schedule changed on resume: checkpoint intervals {state['intervals']}, decays "
-                           f"{state['decays']}; now {self.intervals}, {self.decays}. The negatives' weights are kept.")
-        for neg, neg_state in zip(self.negatives, state['negatives']):
-            neg.load_state_dict(neg_state, strict=True)
-            neg.requires_grad_(False).eval()
-        self.refresh_count = list(state['refresh_count'])
-        self.last_refresh_iter = list(state['last_refresh_iter'])
-        self.adaptive_count = int(state.get('adaptive_count', 0))
+        """:meth:`HistoryNegatives.load_state_dict`."""
+        self.bank.load_state_dict(state)
 
     def describe(self) -> str:
-        """One line per negative: its schedule and counters, for logs."""
-        lines = [f'{self.num_negatives} history negative(s), neg_start={self.neg_start}, pairing={self.pairing}, '
-                 f'update_buffers={self.update_buffers}, seed={self.seed}, fast_forward={self.fast_forward}, '
-                 f'channels_last={self._negatives_channels_last}:']
-        if self.adaptive:
-            lines.append(f'  adaptive refresh: one negative, round robin, with decay {self.adaptive_decay} when the '
-                         f'error spread exceeds {self.adaptive_threshold} ({self.adaptive_count} so far)')
-        for i, (k, d) in enumerate(zip(self.intervals, self.decays)):
-            schedule = 'adaptive' if self.adaptive else f'refreshed every {k} it with decay {d}'
-            lines.append(f'  negative {i}: {schedule} '
-                         f'(refreshes so far {self.refresh_count[i]}, last at it {self.last_refresh_iter[i]})')
-        return '\n'.join(lines)
+        """:meth:`HistoryNegatives.describe`."""
+        return self.bank.describe()
 
     # ------------------------------------------------------------------ mmengine Runner stages
     def source_module(self, runner: Any) -> nn.Module:
@@ -439,12 +136,12 @@ class HistoryNegativeHook(Hook):
         if not self.built:
             if self.seed is None:
                 self.seed = int(runner.seed)  # the run's seed, identical on every rank
-            self.build(self.source_module(runner))
+            self.bank.build(self.source_module(runner))
         if self._pending_state is not None:
             state, self._pending_state = self._pending_state, None
-            self.load_state_dict(state)
+            self.bank.load_state_dict(state)
             runner.logger.info('MCLIR: negatives restored from the checkpoint.')
-        runner.logger.info('MCLIR: ' + self.describe())
+        runner.logger.info('MCLIR: ' + self.bank.describe())
 
     def after_train_iter(self, runner: Any, batch_idx: int, data_batch: Any = None, outputs: Any = None) -> None:
         """Refresh the negatives due at iteration ``runner.iter + 1`` (1-based; after the optimizer step).
@@ -453,12 +150,12 @@ class HistoryNegativeHook(Hook):
         ``runner.iter``, so ``runner.iter`` is the 0-based index of the iteration just finished. With gradient
         accumulation the schedule still counts iterations, not optimizer steps.
         """
-        self.step(self.source_module(runner), runner.iter + 1)
+        self.bank.step(self.source_module(runner), runner.iter + 1)
 
     def before_save_checkpoint(self, runner: Any, checkpoint: dict) -> None:
         """Store :meth:`state_dict` (negatives and counters) under ``checkpoint['mclir']``."""
         if self.built:
-            checkpoint[self.checkpoint_key] = self.state_dict()
+            checkpoint[self.checkpoint_key] = self.bank.state_dict()
 
     def after_load_checkpoint(self, runner: Any, checkpoint: dict) -> None:
         """On resume, restore the negatives from ``checkpoint['mclir']`` (now, or in ``before_train``).
@@ -473,6 +170,6 @@ class HistoryNegativeHook(Hook):
             runner.logger.warning(f"MCLIR: the checkpoint has no '{self.checkpoint_key}' entry (negative models); "
                                   'they start afresh from the resumed network.')
         elif self.built:
-            self.load_state_dict(state)
+            self.bank.load_state_dict(state)
         else:  # mmengine resumes before before_train, where the negatives are built
             self._pending_state = state

@@ -42,7 +42,7 @@ from typing import Mapping
 import torch
 from basicsr.utils.registry import LOSS_REGISTRY
 
-from mclir_plugin.losses.contrastive_base import NegativeContrastLoss
+from mclir_plugin.losses.contrastive_base import NEG_SOURCE_OPTION, ContrastiveLoss
 from mclir_plugin.option_schema import Number, check_options
 
 CR_LAYER_WEIGHTS = {'relu1_1': 1 / 32, 'relu2_1': 1 / 16, 'relu3_1': 1 / 8, 'relu4_1': 1 / 4, 'relu5_1': 1.0}
@@ -50,7 +50,7 @@ CR_EPS = 1e-7
 
 
 @LOSS_REGISTRY.register()
-class ContrastRatioLoss(NegativeContrastLoss):
+class ContrastRatioLoss(ContrastiveLoss):
     """AECR-Net's contrastive regularisation (ratio of VGG L1 distances) plus a reconstruction term.
 
     Args:
@@ -70,7 +70,8 @@ class ContrastRatioLoss(NegativeContrastLoss):
         channels_last: Channels-last VGG: ``true``, ``false`` or ``'auto'`` (on CPU). Defaults to ``'auto'``.
     """
 
-    OPTIONS = {**NegativeContrastLoss.OPTIONS, 'eps': Number(low=0, low_open=True, note='it keeps the ratio finite')}
+    OPTIONS = {**ContrastiveLoss.OPTIONS, **NEG_SOURCE_OPTION,
+               'eps': Number(low=0, low_open=True, note='it keeps the ratio finite')}
 
     def __init__(self,
                  loss_weight: float = 1.0,
@@ -92,6 +93,10 @@ class ContrastRatioLoss(NegativeContrastLoss):
                          use_input_norm=use_input_norm, range_norm=range_norm, rec_loss=rec_loss, reduction=reduction,
                          vgg_weights=vgg_weights, vgg_fallback=vgg_fallback, channels_last=channels_last)
         self.eps = float(eps)
+
+    def score(self, pred: torch.Tensor, target: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+        """``S = -C``: the cost is added to the loss, ``l_neg = -neg_weight * C``."""
+        return -self.contrast(pred, target, negatives)
 
     def contrast(self, pred: torch.Tensor, target: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
         """``CR = sum_l w_l * d(phi_l(pred), phi_l(target)) / (mean_k d(phi_l(pred), phi_l(n_k)) + eps)``."""

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from basicsr.utils.registry import LOSS_REGISTRY
 
-from mclir_plugin.losses.contrastive_base import NegativeContrastLoss
+from mclir_plugin.losses.contrastive_base import NEG_SOURCE_OPTION, ContrastiveLoss
 from mclir_plugin.option_schema import Choice, Number, check_options
 
 INFONCE_LAYER_WEIGHTS = {'relu1_1': 1 / 3, 'relu3_1': 1 / 3, 'relu5_1': 1 / 3}
@@ -50,7 +50,7 @@ SIMILARITIES = ('location', 'pooled')
 
 
 @LOSS_REGISTRY.register()
-class InfoNCELoss(NegativeContrastLoss):
+class InfoNCELoss(ContrastiveLoss):
     """PCL's InfoNCE over VGG cosine similarities (positive: ground truth; negatives: history and/or input).
 
     Args:
@@ -71,7 +71,7 @@ class InfoNCELoss(NegativeContrastLoss):
         channels_last: Channels-last VGG: ``true``, ``false`` or ``'auto'`` (on CPU). Defaults to ``'auto'``.
     """
 
-    OPTIONS = {**NegativeContrastLoss.OPTIONS, 'temperature': Number(low=0, low_open=True),
+    OPTIONS = {**ContrastiveLoss.OPTIONS, **NEG_SOURCE_OPTION, 'temperature': Number(low=0, low_open=True),
                'similarity': Choice(*SIMILARITIES)}
 
     def __init__(self,
@@ -102,6 +102,10 @@ class InfoNCELoss(NegativeContrastLoss):
         if self.similarity == 'pooled':
             anchor, other = anchor.mean(dim=(-2, -1), keepdim=True), other.mean(dim=(-2, -1), keepdim=True)
         return (F.normalize(anchor, dim=-3) * F.normalize(other, dim=-3)).sum(dim=-3).mean(dim=(-2, -1))
+
+    def score(self, pred: torch.Tensor, target: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+        """``S = -C``: the cost is added to the loss, ``l_neg = -neg_weight * C``."""
+        return -self.contrast(pred, target, negatives)
 
     def contrast(self, pred: torch.Tensor, target: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
         """``sum_l w_l * mean_b CE([s(y), s(n_1), ..., s(n_K)] / tau, class 0)``."""

@@ -16,7 +16,11 @@ each distance the mean over B*C*H*W as ``torch.nn.L1Loss`` gives it. This is the
 Caveats up front:
 
 * The loss needs the negatives' outputs. A plain BasicSR model calls ``cri_pix(output, gt)`` without them; that is
-  an error that names ``model_type: MCLIRModel``.
+  an error that names ``model_type: MCLIRModel`` (which puts a
+  :class:`~mclir_plugin.losses.contrastive_criterion.ContrastiveCriterion` around the loss in ``cri_pix``).
+* One :class:`~mclir_plugin.losses.contrastive_base.ContrastiveLoss`: SPN implements only the score
+  :meth:`SPNLoss.score` (the VGG distance); ``neg_weight: auto`` and ``uncertainty_weighting`` are options of this
+  loss that the criterion applies.
 * No gradient reaches the negatives or VGG: their features are computed under ``no_grad`` from detached inputs.
 * :math:`\\phi(\\hat y)` is computed once per step whatever N is, and the N negatives go through VGG as one
   batch; the official code recomputes it (and back-propagates through it) once per negative. The gradient is the
@@ -27,24 +31,15 @@ Caveats up front:
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Mapping
 
 import torch
-from basicsr.losses import build_loss
 from basicsr.utils.registry import LOSS_REGISTRY
-from torch import nn
 
-from mclir_plugin.losses import ssim_loss  # noqa: F401  (registers SSIMLoss for rec_loss: ssim)
-from mclir_plugin.losses.vgg_features import VGG_LOSS_OPTIONS, VGGFeatures
+from mclir_plugin.losses.contrastive_base import ContrastiveLoss
 from mclir_plugin.option_schema import AnyOf, Boolean, Choice, Integer, Number, check_options
 
 DEFAULT_LAYER_WEIGHTS = {'relu1_2': 0.2, 'relu2_2': 0.3, 'relu3_3': 0.5}
-_REC_LOSSES = {'l1': 'L1Loss', 'mse': 'MSELoss', 'charbonnier': 'CharbonnierLoss', 'ssim': 'SSIMLoss'}
-
-NO_NEGATIVES_MESSAGE = (
-    'SPNLoss was called without negatives. It needs the outputs of the history-negative models, which only '
-    'MCLIRModel provides: set `model_type: MCLIRModel` and add an `mclir:` block naming your previous model type '
-    'as `base_model` (README, "Turn a BasicSR option file into an SPN one").')
 
 
 class MeanAbsDistance(torch.autograd.Function):
@@ -74,7 +69,7 @@ class MeanAbsDistance(torch.autograd.Function):
 
 
 @LOSS_REGISTRY.register()
-class SPNLoss(nn.Module):
+class SPNLoss(ContrastiveLoss):
     """Self-Prior guided Negative loss: reconstruction minus a weighted VGG distance to history negatives.
 
     Args:
@@ -108,15 +103,13 @@ class SPNLoss(nn.Module):
     """
 
     OPTIONS = {  # the schema of its option block (MCLIRModel checks train.pixel_opt with it)
-        **VGG_LOSS_OPTIONS,
-        'loss_weight': Number(low=0),
+        **ContrastiveLoss.OPTIONS,
         'neg_weight': AnyOf(Number(low=0), Choice('auto')),
-        'rec_loss': Choice(*_REC_LOSSES),
-        'reduction': Choice('mean', 'sum', 'none'),
         'auto_ratio': Number(low=0, low_open=True),
         'auto_iters': Integer(low=1),
         'uncertainty_weighting': Boolean(),
     }
+    ratio_range = (0.01, 0.1)  # the authors keep l_neg / l_rec there
 
     def __init__(self,
                  loss_weight: float = 1.0,
@@ -134,34 +127,18 @@ class SPNLoss(nn.Module):
                  auto_iters: int = 100,
                  uncertainty_weighting: bool = False) -> None:
         check_options(self.OPTIONS, locals(), type(self).__name__)  # the arguments by name, as in the option block
-        super().__init__()
-        self.auto_neg_weight = neg_weight == 'auto'
-        if self.auto_neg_weight:
-            neg_weight = 0.0  # until MCLIRModel has calibrated it
-        self.auto_ratio, self.auto_iters = float(auto_ratio), auto_iters
+        auto = neg_weight == 'auto'
         if uncertainty_weighting and rec_loss == 'ssim':
             raise ValueError('SPNLoss: uncertainty_weighting needs a per-pixel reconstruction loss (l1, charbonnier '
                              'or mse), not ssim.')
+        super().__init__(DEFAULT_LAYER_WEIGHTS if layer_weights is None else layer_weights, loss_weight=loss_weight,
+                         neg_weight=0.0 if auto else neg_weight,  # auto: 0 until the criterion has calibrated it
+                         vgg_type=vgg_type, use_input_norm=use_input_norm, range_norm=range_norm, rec_loss=rec_loss,
+                         reduction=reduction, vgg_weights=vgg_weights, vgg_fallback=vgg_fallback,
+                         channels_last=channels_last)
+        self.auto_neg_weight = auto
+        self.auto_ratio, self.auto_iters = float(auto_ratio), auto_iters
         self.uncertainty_weighting = uncertainty_weighting
-        self.layer_weights = dict(DEFAULT_LAYER_WEIGHTS if layer_weights is None else layer_weights)
-        self.loss_weight = float(loss_weight)
-        self.neg_weight = float(neg_weight)
-        self.cri_rec = build_loss({'type': _REC_LOSSES[rec_loss], 'loss_weight': 1.0, 'reduction': reduction})
-        self.vgg = VGGFeatures(self.layer_weights, vgg_type=vgg_type, weights=vgg_weights, fallback=vgg_fallback,
-                               use_input_norm=use_input_norm, range_norm=range_norm, channels_last=channels_last)
-
-    def reconstruction(self, pred: torch.Tensor, target: torch.Tensor,
-                       weight: torch.Tensor | None = None) -> torch.Tensor:
-        """The weighted reconstruction term ``loss_weight * rec_loss(pred, target)``."""
-        return self.loss_weight * self.cri_rec(pred, target, weight)
-
-    def uncertainty_weight(self, negatives: torch.Tensor) -> torch.Tensor | None:
-        """``w = U / mean(U)``, ``U = mean_c std_i(n_i)``, shape (B, 1, H, W); None without the option or with N < 2."""
-        if not self.uncertainty_weighting or negatives.shape[0] < 2:
-            return None
-        with torch.no_grad():
-            spread = negatives.float().std(dim=0).mean(dim=1, keepdim=True)
-            return spread / spread.mean().clamp_min(1e-12)
 
     def negative_distance(self, pred: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
         """``(1/N) sum_i sum_l alpha_l mean|phi_l(pred) - phi_l(n_i)|`` for negatives of shape (N, *pred.shape)."""
@@ -175,47 +152,6 @@ class SPNLoss(nn.Module):
             distance = distance + alpha * MeanAbsDistance.apply(feats[layer], neg)
         return distance
 
-
-    def terms(self,
-              pred: torch.Tensor,
-              target: torch.Tensor,
-              negatives: torch.Tensor | Sequence[torch.Tensor] | None,
-              weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return ``(l_rec, l_neg)``: the weighted reconstruction term and the weighted negative term.
-
-        The loss is ``l_rec - l_neg``; ``l_neg = neg_weight * negative_distance(pred, negatives)``.
-
-        Args:
-            pred: Output, (B, C, H, W).
-            target: Ground truth, (B, C, H, W).
-            negatives: The negatives' outputs on the same input, (N, B, C, H, W) or a sequence of N (B, C, H, W).
-            weight: Optional element-wise weight of the reconstruction term, as in BasicSR's losses.
-        """
-        if negatives is None:
-            raise RuntimeError(NO_NEGATIVES_MESSAGE)
-        if not torch.is_tensor(negatives):
-            if len(negatives) == 0:
-                raise RuntimeError(NO_NEGATIVES_MESSAGE)
-            negatives = torch.stack(list(negatives))
-        if negatives.dim() != pred.dim() + 1 or negatives.shape[1:] != pred.shape or negatives.shape[0] == 0:
-            raise ValueError(f'SPNLoss: negatives must have shape (N, {", ".join(map(str, pred.shape))}) with N >= 1, '
-                             f'got {tuple(negatives.shape)}.')
-        if weight is None:
-            weight = self.uncertainty_weight(negatives)
-        l_rec = self.reconstruction(pred, target, weight)
-        if self.neg_weight == 0:
-            return l_rec, pred.new_zeros(())
-        return l_rec, self.neg_weight * self.negative_distance(pred, negatives)
-
-    def forward(self,
-                pred: torch.Tensor,
-                target: torch.Tensor,
-                negatives: torch.Tensor | Sequence[torch.Tensor] | None = None,
-                weight: torch.Tensor | None = None) -> torch.Tensor:
-        """Return ``l_rec - l_neg`` (see :meth:`terms`)."""
-        l_rec, l_neg = self.terms(pred, target, negatives, weight)
-        return l_rec - l_neg
-
-    def extra_repr(self) -> str:
-        return (f'loss_weight={self.loss_weight}, neg_weight={self.neg_weight}, layer_weights={self.layer_weights}, '
-                f'vgg={self.vgg.vgg_type} ({self.vgg.weights_source})')
+    def score(self, pred: torch.Tensor, target: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+        """``S`` = :meth:`negative_distance` (the target plays no part in SPN)."""
+        return self.negative_distance(pred, negatives)

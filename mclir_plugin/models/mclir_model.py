@@ -1,44 +1,54 @@
-"""MCLIRModel: any SRModel-family BasicSR model, trained with history negatives and the SPN loss.
+"""MCLIRModel: a BasicSR model (SR, GAN, Real-ESRGAN, video), trained with history negatives and the SPN loss.
 
-``model_type: MCLIRModel`` builds the model named by ``mclir.base_model`` (``SRModel``, ``SwinIRModel``, HAT's
-``HATModel``, ...) as a subclass that changes only training: its network, EMA, optimizers, schedulers, validation and
-test (SwinIR's padding, say) stay those of the base model. One training step, in the official order:
+``model_type: MCLIRModel`` builds the model named by ``mclir.base_model`` (``SRModel``, ``SwinIRModel``,
+``SRGANModel``, ``ESRGANModel``, ``RealESRGANModel_basicsr``, ``VideoRecurrentModel``, ...) as a subclass that keeps
+the base model's own training step. The SPN term enters through the criterion that step already calls:
 
-1. ``out = net_g(lq)``; ``neg_i = negative_i(lq)`` for every negative, without gradients;
-2. ``l_pix, l_neg = SPNLoss.terms(out, gt, negs)``; ``loss = l_pix - l_neg`` (plus ``perceptual_opt`` if set);
-3. ``backward``, ``optimizer.step()``, the base model's EMA update;
-4. the hook refreshes the negatives due at this iteration from the raw (non-EMA) ``net_g``.
+1. after the base model's ``init_training_settings``, ``cri_pix`` (built from ``train.pixel_opt``: ``SPNLoss`` or
+   a peer loss) is wrapped in a :class:`~mclir_plugin.losses.contrastive_criterion.ContrastiveCriterion`, bound to
+   each batch's input (``lq`` after the base model's ``feed_data``) and iteration; called as
+   ``cri_pix(output, gt)`` it runs the negatives on the same ``lq`` and returns ``l_rec - l_neg``;
+2. ``optimize_parameters`` runs the base model's ``optimize_parameters`` inside a step context (autocast,
+   fp16 loss scaling, ``grad_clip``, the non-finite guard on every optimizer step);
+3. then the criterion's terms join the log (the base model's ``l_pix``/``l_g_pix`` shows the reconstruction term,
+   plus ``l_neg``, the amount subtracted, and ``l_neg_ratio = l_neg / l_pix``), and the negatives due at this
+   iteration are refreshed from the raw ``net_g`` (never ``net_d``, never the EMA copy).
 
-Logged: ``l_pix``, ``l_neg`` (the weighted negative term, the amount subtracted) and ``l_neg_ratio`` =
-``l_neg / l_pix`` (the authors keep it at 0.01-0.1). The negatives and the hook's counters are written into every
-training state (``training_states/<iter>.state``, key ``mclir``) with the random states and the epoch position
-(key ``progress``, :mod:`mclir_plugin.resume`), and restored on resume, so a resumed run continues exactly;
-checkpoints are written atomically. Validation leaves the random states untouched.
+For SRModel this is the official step order (``tests/test_mclir_model.py`` checks it against
+:mod:`mclir_plugin.reference`). GAN models: the SPN term is part of the generator's loss only; on iterations where
+the base step does not update the generator (``net_d_iters``/``net_d_init_iters``) the criterion is not called and
+nothing is logged for it. The negatives, the criterion's calibrated ``neg_weight`` and Real-ESRGAN's training-pair
+queue are written into every training state (``training_states/<iter>.state``, keys ``mclir``, ``neg_weight``,
+``realesrgan_queue``) with the random states and the epoch position (key ``progress``, :mod:`mclir_plugin.resume`),
+and restored on resume, so a resumed run continues exactly; checkpoints are written atomically. ``net_d`` and its
+optimizer are saved and restored by BasicSR itself (``net_d_<iter>.pth``; the training state's optimizer list).
+Validation leaves the random states untouched.
 
-Caveat: the base model must keep ``SRModel.optimize_parameters``; models with their own training step (GAN models)
-are refused with a clear error rather than silently trained without their extra losses.
+Refused before training, with the reason: a base model that is not a BasicSR ``BaseModel``, and one that builds
+no ``cri_pix`` from ``train.pixel_opt`` (its step would never call the SPN term).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
-import math
 import os
 from collections import OrderedDict
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from basicsr.archs import build_network
-from basicsr.models.sr_model import SRModel
+from basicsr.models.base_model import BaseModel
 from basicsr.utils import get_root_logger, imwrite, tensor2img
 from basicsr.utils.dist_util import get_dist_info, master_only
 from basicsr.utils.registry import LOSS_REGISTRY, MODEL_REGISTRY
 from mmengine.registry import HOOKS
 
 from mclir_plugin.checkpoint import CheckpointWriteError, atomic_torch_save
+from mclir_plugin.compat import resolve_model_type
 from mclir_plugin.hooks.history_negative_hook import HistoryNegativeHook
-from mclir_plugin.losses.contrastive_base import NegativeContrastLoss
-from mclir_plugin.losses.spn_loss import SPNLoss
+from mclir_plugin.losses.contrastive_base import ContrastiveLoss
+from mclir_plugin.losses.contrastive_criterion import ContrastiveCriterion, LambdaCalibration, all_ranks_agree
 from mclir_plugin.option_schema import Boolean, Choice, Integer, Number, Optional, OptionError, check_options
 from mclir_plugin.options import check_call_kwargs, check_keys, naming_the_file
 from mclir_plugin.resume import PROGRESS, preserved_rng, schedule_resume
@@ -46,14 +56,25 @@ from mclir_plugin.resume import PROGRESS, preserved_rng, schedule_resume
 MCLIR_KEYS = ('base_model', 'hook', 'amp', 'neg_every', 'neg_batch_fraction', 'max_nonfinite_steps', 'visualize',
               'grad_clip')
 STATE_KEY = 'mclir'
+QUEUE_KEY = 'realesrgan_queue'
 AMP_DTYPES = {'none': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
-CONTRASTIVE_LOSSES = (SPNLoss, NegativeContrastLoss)
+AMP_DTYPES_NAMES = {dtype: name for name, dtype in AMP_DTYPES.items()}
+
+
+class StepGuard:
+    """What the step context saw: per optimizer step, whether it was skipped as non-finite."""
+
+    def __init__(self) -> None:
+        self.pending: list[bool] = []  # finiteness of the losses back-propagated since the last optimizer step
+        self.skipped: list[torch.optim.Optimizer] = []
+        self.stepped = False
 
 
 class MCLIRMixin:
-    """Training-step extension mixed in front of an SRModel-family class (see the module docstring)."""
+    """Training extension mixed in front of a BasicSR model class (see the module docstring)."""
 
     negative_hook: HistoryNegativeHook
+    cri_pix: ContrastiveCriterion
 
     def init_training_settings(self) -> None:
         logger = get_root_logger()
@@ -61,94 +82,123 @@ class MCLIRMixin:
         check_spn_pixel_opt(self.opt)
         self.step_options = read_step_options(self.opt.get('mclir') or {})
         self.amp_dtype = self.step_options.amp_dtype
-        self.neg_every, self.neg_batch_fraction = self.step_options.neg_every, self.step_options.neg_batch_fraction
         self.nonfinite_in_a_row = 0
         # the newest complete training state: named when non-finite losses stop the run (none are written in a streak)
         self.last_checkpoint: str | None = self.opt['path'].get('resume_state')
-        self.ratio_window: list[float] = []
         super().init_training_settings()
+        refuse_cpu_amp_with_deformable_convs(self.net_g, self.amp_dtype, self.device)
         # fp16 needs loss scaling; bf16 has fp32's range and does not. Disabled, the scaler is a pass-through.
         self.grad_scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype is torch.float16)
-        if not isinstance(self.cri_pix, CONTRASTIVE_LOSSES):
-            raise TypeError(f'train.pixel_opt built {type(self.cri_pix).__name__}, not an SPNLoss or a '
-                            'NegativeContrastLoss.')
-        vgg = self.cri_pix.vgg
-        log = logger.warning if vgg.weights_source.startswith('RANDOM') else logger.info
-        log(f'{type(self.cri_pix).__name__}: {vgg.vgg_type} {vgg.weights_source}')
-        if self.negative_hook.seed is None:
-            self.negative_hook.seed = _shared_seed(self.opt.get('manual_seed', 0))
-        self.calibration = LambdaCalibration(self.cri_pix) if getattr(self.cri_pix, 'auto_neg_weight', False) else None
+        loss = getattr(self, 'cri_pix', None)
+        if loss is None:
+            raise TypeError(f'mclir.base_model {type(self).__mro__[2].__name__} built no cri_pix from '
+                            'train.pixel_opt, so its training step would never compute the SPN term; MCLIRModel '
+                            'wraps models whose step calls cri_pix (SRModel, GAN and video models).')
+        if not isinstance(loss, ContrastiveLoss):
+            raise TypeError(f'train.pixel_opt built {type(loss).__name__}, not a ContrastiveLoss (SPNLoss, '
+                            'ContrastRatioLoss, InfoNCELoss).')
+        vgg = loss.vgg
+        (logger.warning if vgg.weights_source.startswith('RANDOM') else logger.info)(
+            f'{type(loss).__name__}: {vgg.vgg_type} {vgg.weights_source}')
+        bank = self.negative_hook.bank
+        if bank.seed is None:
+            bank.seed = _shared_seed(self.opt.get('manual_seed', 0))
         network_opt = copy.deepcopy(self.opt['network_g'])
-        self.negative_hook.build(self.get_bare_model(self.net_g), fresh_init=lambda: build_network(network_opt))
-        logger.info('MCLIR: ' + self.negative_hook.describe())
+        bank.build(self.get_bare_model(self.net_g), fresh_init=lambda: build_network(network_opt))
+        logger.info('MCLIR: ' + bank.describe())
+        self.cri_pix = ContrastiveCriterion(loss, bank, neg_every=self.step_options.neg_every,
+                                            neg_batch_fraction=self.step_options.neg_batch_fraction,
+                                            dist=bool(self.opt['dist']), source=lambda: self.get_bare_model(self.net_g))
+
+    @property
+    def calibration(self) -> LambdaCalibration | None:
+        """The running ``neg_weight: auto`` calibration, None once done (or without it)."""
+        return self.cri_pix.calibration
+
+    def feed_data(self, data: dict) -> None:
+        super().feed_data(data)  # (video validation's in-place squeeze on CPU: compat feeds it copies)
+        if isinstance(getattr(self, 'cri_pix', None), ContrastiveCriterion) and hasattr(self, 'lq'):
+            self.cri_pix.bind(self.lq)  # as the base model left it (Real-ESRGAN degrades and queues here)
 
     def optimize_parameters(self, current_iter: int) -> None:
-        self.optimizer_g.zero_grad()
-        loss_dict = OrderedDict()
-        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=bool(self.amp_dtype)):
-            self.output = self.net_g(self.lq)
-            l_pix, l_neg = self.spn_terms(current_iter)
-            l_total = l_pix - l_neg
-            loss_dict['l_pix'] = l_pix
-            loss_dict['l_neg'] = l_neg
-            loss_dict['l_neg_ratio'] = (l_neg / l_pix).detach()
-            if self.cri_perceptual:
-                l_percep, l_style = self.cri_perceptual(self.output, self.gt)
-                if l_percep is not None:
-                    l_total = l_total + l_percep
-                    loss_dict['l_percep'] = l_percep
-                if l_style is not None:
-                    l_total = l_total + l_style
-                    loss_dict['l_style'] = l_style
-
-        if not self._all_finite(l_total):
-            return self._skip_nonfinite_step(current_iter, loss_dict)
+        """The base model's own step inside :meth:`step_context`, then the logs and the negatives' refresh."""
+        self.cri_pix.bind(self.lq, current_iter)
+        with self.step_context() as guard:
+            super().optimize_parameters(current_iter)
+        terms = self.cri_pix.log_terms()
+        if terms:
+            self.log_dict = merge_terms(self.log_dict, self.reduce_loss_dict(OrderedDict(terms)))
+        if guard.skipped:
+            return self._skip_nonfinite_step(current_iter)
         self.nonfinite_in_a_row = 0
-        if self.negative_hook.adaptive:  # the official adaptive variant refreshes before backward (pre-step weights)
-            self.negative_hook.adaptive_step(self.get_bare_model(self.net_g), self.output, self.gt, current_iter)
-        self.grad_scaler.scale(l_total).backward()
-        if self.step_options.grad_clip:  # on the true gradients: unscale fp16's first (a no-op otherwise)
-            self.grad_scaler.unscale_(self.optimizer_g)
-            torch.nn.utils.clip_grad_norm_(self.net_g.parameters(), self.step_options.grad_clip)
-        self.grad_scaler.step(self.optimizer_g)
-        self.grad_scaler.update()
-        self.log_dict = self.reduce_loss_dict({k: v.float() for k, v in loss_dict.items()})
-        if self.calibration is not None and self.calibration.count >= self.cri_pix.auto_iters:
-            self.calibration.finish(self.opt['dist'])
-            self.calibration = None
-        self._watch_ratio(current_iter, loss_dict['l_neg_ratio'])
-        if self.ema_decay > 0:
-            self.model_ema(decay=self.ema_decay)
-        self.negative_hook.step(self.get_bare_model(self.net_g), current_iter)
+        self.cri_pix.end_step(current_iter)
+        self.negative_hook.bank.step(self.get_bare_model(self.net_g), current_iter)
 
-    RATIO_WINDOW = 1000
+    @contextlib.contextmanager
+    def step_context(self) -> Iterator[StepGuard]:
+        """Run a base model's training step with ``mclir.amp``, fp16 loss scaling, ``grad_clip`` and the guard.
 
-    def _watch_ratio(self, current_iter: int, ratio: torch.Tensor) -> None:
-        """Warn when ``l_neg_ratio`` averages outside the authors' [0.01, 0.1] over a window of iterations."""
-        if self.calibration is not None or ratio.item() == 0:  # calibrating, or no negative term on this step
-            return
-        self.ratio_window.append(abs(ratio.item()))
-        if len(self.ratio_window) < self.RATIO_WINDOW:
-            return
-        mean = sum(self.ratio_window) / len(self.ratio_window)
-        self.ratio_window = []
-        if not 0.01 <= mean <= 0.1 and isinstance(self.cri_pix, SPNLoss):
-            get_root_logger().warning(
-                f'l_neg_ratio averaged {mean:.3g} over the {self.RATIO_WINDOW} iterations before {current_iter}, '
-                f'outside the authors\' [0.01, 0.1]: neg_weight {self.cri_pix.neg_weight:.3g} -> about '
-                f'{self.cri_pix.neg_weight * 0.05 / mean:.3g} would give 0.05 (or use neg_weight: auto).')
+        * autocast (bf16/fp16) around the step's forwards; backward and the optimizer steps run outside it;
+        * ``Tensor.backward`` scales the loss by the GradScaler (fp16; a pass-through otherwise) and notes whether
+          it was finite; each optimizer's ``step`` is guarded: when a loss back-propagated into it (or, without
+          fp16, a gradient) is not finite on any rank, the update is skipped and its gradients zeroed; else
+          ``grad_clip`` clips ``net_g``'s gradients (unscaled) and ``scaler.step`` steps; one ``scaler.update()``;
+        * the EMA update of the base step is skipped when the generator's update was.
+        """
+        guard, scaler, dtype = StepGuard(), self.grad_scaler, self.amp_dtype
+        device_type, dist = self.device.type, bool(self.opt['dist'])
+        original_backward = torch.Tensor.backward
+        generator_opt = getattr(self, 'optimizer_g', None)
 
-    def _all_finite(self, loss: torch.Tensor) -> bool:
-        """Whether the loss is finite on every rank (ranks must skip together, or DDP's all-reduce would hang)."""
-        finite = torch.isfinite(loss.detach()).float()
-        if self.opt['dist']:
-            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
-        return bool(finite.item())
+        def backward(loss: torch.Tensor, *args, **kwargs):
+            guard.pending.append(bool(torch.isfinite(loss.detach()).all()))
+            with torch.autocast(device_type, enabled=False):
+                return original_backward(scaler.scale(loss) if scaler.is_enabled() else loss, *args, **kwargs)
 
-    def _skip_nonfinite_step(self, current_iter: int, loss_dict: OrderedDict) -> None:
-        """Skip the update of a NaN/Inf loss; stop after ``max_nonfinite_steps`` in a row, naming the checkpoint."""
-        self.optimizer_g.zero_grad()
-        self.log_dict = self.reduce_loss_dict({k: v.detach().float() for k, v in loss_dict.items()})
+        def guarded(optimizer: torch.optim.Optimizer, previous: Any):
+            def step(*args, **kwargs):
+                finite = all(guard.pending)
+                guard.pending = []
+                if finite and not scaler.is_enabled():  # fp16 overflows are the scaler's business
+                    finite = _grads_finite(optimizer)
+                if not all_ranks_agree(finite, dist):  # ranks skip together, or DDP's next all-reduce hangs
+                    optimizer.zero_grad()
+                    guard.skipped.append(optimizer)
+                    return None
+                _set_step(optimizer, previous)  # the step as it was (LR schedulers wrap it), for GradScaler.step
+                try:
+                    with torch.autocast(device_type, enabled=False):
+                        if self.step_options.grad_clip and optimizer is generator_opt:
+                            scaler.unscale_(optimizer)  # clip the true gradients (a no-op without fp16)
+                            torch.nn.utils.clip_grad_norm_(self.net_g.parameters(), self.step_options.grad_clip)
+                        guard.stepped = True
+                        return scaler.step(optimizer, *args, **kwargs)
+                finally:
+                    optimizer.step = step
+            return step
+
+        def model_ema(decay: float = 0.999) -> None:
+            if generator_opt not in guard.skipped:
+                type(self).model_ema(self, decay)
+
+        previous = [optimizer.__dict__.get('step') for optimizer in self.optimizers]
+        for optimizer, before in zip(self.optimizers, previous):
+            optimizer.step = guarded(optimizer, before)
+        self.model_ema = model_ema
+        torch.Tensor.backward = backward
+        try:
+            with torch.autocast(device_type, dtype=dtype or torch.float32, enabled=bool(dtype)):
+                yield guard
+            if guard.stepped and scaler.is_enabled():
+                scaler.update()
+        finally:
+            torch.Tensor.backward = original_backward
+            del self.model_ema
+            for optimizer, before in zip(self.optimizers, previous):
+                _set_step(optimizer, before)
+
+    def _skip_nonfinite_step(self, current_iter: int) -> None:
+        """Count a step whose update was skipped; stop after ``max_nonfinite_steps`` in a row, naming the checkpoint."""
         self.nonfinite_in_a_row += 1
         limit = self.step_options.max_nonfinite_steps
         values = ', '.join(f'{k}={v:.4g}' for k, v in self.log_dict.items())
@@ -157,35 +207,6 @@ class MCLIRMixin:
         if self.nonfinite_in_a_row >= limit:
             raise FloatingPointError(
                 nonfinite_stop_message(self.nonfinite_in_a_row, current_iter, self.last_checkpoint))
-
-    def spn_terms(self, current_iter: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(l_pix, l_neg)`` of this step, with the cost options ``neg_every`` and ``neg_batch_fraction``.
-
-        With ``neg_every = k`` the negative term is computed on every k-th iteration only, weighted by k (the same
-        expectation); with ``neg_batch_fraction = f`` on a random subset of ``ceil(f * B)`` samples of the batch.
-        """
-        if current_iter % self.neg_every:
-            return self.cri_pix.reconstruction(self.output, self.gt), self.output.new_zeros(())
-        lq, output, gt = self.lq, self.output, self.gt
-        if self.neg_batch_fraction < 1:
-            keep = torch.randperm(lq.shape[0], device=lq.device)[:math.ceil(self.neg_batch_fraction * lq.shape[0])]
-            lq, output, gt = lq[keep], output[keep], gt[keep]
-        if isinstance(self.cri_pix, NegativeContrastLoss):  # peer losses: l_neg = -neg_weight * C(out, gt, negs)
-            negatives = self.negative_hook.forward_negatives(lq) if self.cri_pix.uses_history else None
-            l_pix = self.cri_pix.reconstruction(self.output, self.gt)
-            return l_pix, self.neg_every * self.cri_pix.negative_term(output, gt, negatives, lq=lq)
-        negatives = self.negative_hook.forward_negatives(lq)
-        if self.cri_pix.uncertainty_weighting and self.neg_batch_fraction == 1:
-            l_pix = self.cri_pix.reconstruction(self.output, self.gt, self.cri_pix.uncertainty_weight(negatives))
-        else:  # (with a batch fraction the negatives cover only part of the batch: no weighting)
-            l_pix = self.cri_pix.reconstruction(self.output, self.gt)
-        if self.calibration is not None:  # neg_weight: auto, still measuring: the negative term is off
-            with torch.no_grad():
-                self.calibration.add(l_pix, self.cri_pix.negative_distance(output, negatives))
-            return l_pix, self.output.new_zeros(())
-        if self.cri_pix.neg_weight == 0:
-            return l_pix, self.output.new_zeros(())
-        return l_pix, self.neg_every * self.cri_pix.neg_weight * self.cri_pix.negative_distance(output, negatives)
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, epoch: int, current_iter: int) -> None:
@@ -226,9 +247,12 @@ class MCLIRMixin:
         atomic_torch_save(save_dict, os.path.join(self.opt['path']['models'], f'{net_label}_{label}.pth'))
 
     def save_training_state(self, epoch: int, current_iter: int) -> None:
-        """BasicSR's training state plus, written atomically by rank 0:
+        """BasicSR's training state (optimizers, ``optimizer_d`` too, and schedulers) plus, written atomically by
+        rank 0:
 
-        * ``'mclir'``: the negatives and the hook's counters;
+        * ``'mclir'``: the negatives and their counters;
+        * ``'neg_weight'``: the criterion's ``neg_weight`` (calibrated by ``neg_weight: auto``) and calibration;
+        * ``'realesrgan_queue'``: Real-ESRGAN's training-pair queue (``queue_lr``, ``queue_gt``, ``queue_ptr``);
         * ``'progress'``: every rank's random states and the position in the epoch (see :mod:`mclir_plugin.resume`).
 
         Called on every rank (the random states are gathered), unlike BasicSR's master-only version.
@@ -245,11 +269,12 @@ class MCLIRMixin:
         state = {'epoch': epoch, 'iter': current_iter,
                  'optimizers': [o.state_dict() for o in self.optimizers],
                  'schedulers': [s.state_dict() for s in self.schedulers],
-                 STATE_KEY: self.negative_hook.state_dict(),
+                 STATE_KEY: self.negative_hook.bank.state_dict(),
                  'grad_scaler': self.grad_scaler.state_dict(),
-                 'neg_weight': {'value': float(self.cri_pix.neg_weight),
-                                'calibration': None if self.calibration is None else self.calibration.state()},
+                 'neg_weight': self.cri_pix.state(),
                  'progress': progress}
+        if hasattr(self, 'queue_lr'):  # Real-ESRGAN's pool of training pairs, or a resume would refill it afresh
+            state[QUEUE_KEY] = {'lr': self.queue_lr.cpu(), 'gt': self.queue_gt.cpu(), 'ptr': int(self.queue_ptr)}
         atomic_torch_save(state, os.path.join(self.opt['path']['training_states'], f'{current_iter}.state'))
 
     def resume_training(self, resume_state: dict) -> None:
@@ -257,20 +282,18 @@ class MCLIRMixin:
         logger = get_root_logger()
         if resume_state.get('grad_scaler'):
             self.grad_scaler.load_state_dict(resume_state['grad_scaler'])
-        if 'neg_weight' in resume_state and getattr(self.cri_pix, 'auto_neg_weight', False):
-            saved = resume_state['neg_weight']
-            self.cri_pix.neg_weight = saved['value']
-            if saved['calibration'] is None:
-                self.calibration = None
-                logger.info(f"neg_weight auto: lambda {saved['value']:.4g} restored from the training state.")
-            else:
-                self.calibration.load(saved['calibration'])
+        if 'neg_weight' in resume_state:
+            self.cri_pix.load_state(resume_state['neg_weight'])
+        if QUEUE_KEY in resume_state:
+            queue = resume_state[QUEUE_KEY]
+            self.queue_lr, self.queue_gt = queue['lr'].to(self.device), queue['gt'].to(self.device)
+            self.queue_ptr = queue['ptr']
         if STATE_KEY in resume_state:
             try:
-                self.negative_hook.load_state_dict(resume_state[STATE_KEY])
+                self.negative_hook.bank.load_state_dict(resume_state[STATE_KEY])
             except (ValueError, RuntimeError, KeyError) as err:
                 raise type(err)(f"Training state {self.opt['path'].get('resume_state')!r}: {err}") from err
-            logger.info('MCLIR: negatives restored from the training state. ' + self.negative_hook.describe())
+            logger.info('MCLIR: negatives restored from the training state. ' + self.negative_hook.bank.describe())
         else:
             logger.warning('MCLIR: the training state has no negative models (it was not written by MCLIRModel); '
                            'the negatives start afresh from the resumed network.')
@@ -301,16 +324,22 @@ class MCLIRMixin:
         ``visualization/mclir_negatives/<iter>.png``, and log it to TensorBoard. Returns the file path.
 
         The distance map is ``min_i mean_c |out - neg_i|``, scaled so its maximum is white: dark where the output
-        is still close to some history model, bright where it has moved away from all of them.
+        is still close to some history model, bright where it has moved away from all of them. Video models show
+        the centre frame of each clip.
         """
         data = next(iter(dataloader))
-        self.feed_data(data)
+        self.is_train = False  # Real-ESRGAN's feed_data degrades training batches only
+        try:
+            self.feed_data(data)
+        finally:
+            self.is_train = True
         self.test()
-        output = self.output.detach().float()
-        negatives = [self._test_with(neg) for neg in self.negative_hook.negatives]
+        output = _centre_frame(self.output.detach().float())
+        negatives = [_centre_frame(self._test_with(neg)) for neg in self.negative_hook.bank.negatives]
         height, width = output.shape[-2:]
-        lq = torch.nn.functional.interpolate(self.lq.float(), size=(height, width), mode='nearest')
-        panels = [lq, output, *negatives] + ([self.gt.float()[..., :height, :width]] if hasattr(self, 'gt') else [])
+        lq = torch.nn.functional.interpolate(_centre_frame(self.lq.float()), size=(height, width), mode='nearest')
+        gt = [_centre_frame(self.gt.float())[..., :height, :width]] if hasattr(self, 'gt') else []
+        panels = [lq, output, *negatives, *gt]
         distance = torch.stack([(output - neg).abs().mean(1, keepdim=True) for neg in negatives]).amin(0)
         panels.append((distance / distance.max().clamp_min(1e-12)).expand_as(output))
         top, left = max(0, (height - max_side) // 2), max(0, (width - max_side) // 2)
@@ -326,17 +355,25 @@ class MCLIRMixin:
         return path
 
     def _test_with(self, net: torch.nn.Module) -> torch.Tensor:
-        """The base model's ``test()`` (padding, tiling) run with ``net`` in place of the evaluated network."""
-        had_ema, ema = hasattr(self, 'net_g_ema'), getattr(self, 'net_g_ema', None)
-        self.net_g_ema = net  # SRModel.test() and its subclasses evaluate net_g_ema when it exists
+        """The base model's ``test()`` (padding, tiling, flips) run with ``net`` in place of the evaluated network."""
+        had_ema, ema, net_g = hasattr(self, 'net_g_ema'), getattr(self, 'net_g_ema', None), self.net_g
+        # SRModel.test() and its subclasses evaluate net_g_ema when it exists, the video models net_g
+        self.net_g_ema = self.net_g = net
         try:
             self.test()
         finally:
+            self.net_g = net_g
             if had_ema:
                 self.net_g_ema = ema
             else:
                 del self.net_g_ema
+            net.eval()  # a test() that evaluates net_g sets it back to train mode
         return self.output.detach().float()
+
+
+def _centre_frame(x: torch.Tensor) -> torch.Tensor:
+    """The centre frame of a clip (B, T, C, H, W); an image batch unchanged."""
+    return x[:, x.shape[1] // 2] if x.dim() == 5 else x
 
 
 def _shared_seed(seed: int) -> int:
@@ -349,41 +386,28 @@ def _shared_seed(seed: int) -> int:
     return int(seed)
 
 
-class LambdaCalibration:
-    """``neg_weight: auto``: sums of the reconstruction term R and the VGG distance D over the first iterations,
-    then ``lambda = auto_ratio * mean(R) / mean(D)`` (means over ranks too, so every rank gets the same lambda)."""
+def _set_step(optimizer: torch.optim.Optimizer, step: Any) -> None:
+    """Set the optimizer's instance ``step`` (None: the class's own)."""
+    if step is None:
+        optimizer.__dict__.pop('step', None)
+    else:
+        optimizer.step = step
 
-    def __init__(self, loss: SPNLoss) -> None:
-        self.loss = loss
-        self.sum_rec, self.sum_distance, self.count = 0.0, 0.0, 0
 
-    def add(self, l_rec: torch.Tensor, distance: torch.Tensor) -> None:
-        self.sum_rec += float(l_rec.detach())
-        self.sum_distance += float(distance)
-        self.count += 1
+def _grads_finite(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether every gradient the optimizer would apply is finite (one device sync)."""
+    grads = [p.grad for group in optimizer.param_groups for p in group['params'] if p.grad is not None]
+    return not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
 
-    def finish(self, dist: bool) -> float:
-        sums = torch.tensor([self.sum_rec, self.sum_distance], dtype=torch.float64)
-        if dist:
-            backend_device = 'cuda' if torch.distributed.get_backend() == 'nccl' else 'cpu'
-            sums = sums.to(backend_device)
-            torch.distributed.all_reduce(sums)
-        rec, distance = sums.tolist()
-        if distance <= 0:
-            raise FloatingPointError('neg_weight auto: the VGG distance to the negatives stayed 0 during calibration '
-                                     '(negatives identical to the network?); set neg_weight to a number.')
-        self.loss.neg_weight = self.loss.auto_ratio * rec / distance
-        get_root_logger().info(
-            f'neg_weight auto: lambda = {self.loss.neg_weight:.4g} (target l_neg_ratio {self.loss.auto_ratio}; mean '
-            f'reconstruction {rec / self.count:.4g} and VGG distance {distance / self.count:.4g} per rank over '
-            f'{self.count} iterations); fixed from now on and stored in the training state.')
-        return self.loss.neg_weight
 
-    def state(self) -> list[float]:
-        return [self.sum_rec, self.sum_distance, self.count]
-
-    def load(self, state: list[float]) -> None:
-        self.sum_rec, self.sum_distance, self.count = state[0], state[1], int(state[2])
+def merge_terms(log: dict[str, float], terms: dict[str, float]) -> OrderedDict:
+    """The base step's log with the criterion's terms: its pixel entry (``l_pix``, GAN ``l_g_pix``: the whole
+    criterion, ``l_rec - l_neg``) shows the reconstruction term, then ``l_neg`` and ``l_neg_ratio``."""
+    merged = OrderedDict(log)
+    key = next((k for k in ('l_pix', 'l_g_pix') if k in merged), 'l_pix')
+    merged[key] = terms['l_pix']
+    merged['l_neg'], merged['l_neg_ratio'] = terms['l_neg'], terms['l_neg_ratio']
+    return merged
 
 
 def nonfinite_stop_message(count: int, current_iter: int, checkpoint: str | None) -> str:
@@ -430,6 +454,21 @@ STEP_OPTIONS = {  # the schema of the block's step options; StepOptions holds wh
 }
 
 
+def refuse_cpu_amp_with_deformable_convs(net: torch.nn.Module, amp_dtype: torch.dtype | None,
+                                         device: torch.device) -> None:
+    """Refuse ``mclir.amp`` on CPU for networks with deformable convolutions (EDVR's DCNv2Pack).
+
+    torchvision's ``deform_conv2d`` has no bf16/fp16 CPU kernel, so such a step would stop at its first forward.
+    """
+    if amp_dtype is None or device.type != 'cpu':
+        return
+    from basicsr.archs.arch_util import ModulatedDeformConvPack
+    if any(isinstance(m, ModulatedDeformConvPack) for m in net.modules()):
+        raise ValueError(f'mclir.amp: {AMP_DTYPES_NAMES[amp_dtype]} on CPU cannot run this network: its deformable '
+                         'convolutions (torchvision deform_conv2d, as in EDVR) have no bf16/fp16 CPU kernel. Use '
+                         '`mclir.amp: none` on CPU (AMP works on CUDA).')
+
+
 def read_step_options(mclir_opt: dict[str, Any]) -> StepOptions:
     """The step options of the mclir block, with errors naming the key."""
     given = dict(mclir_opt)
@@ -459,30 +498,41 @@ def build_negative_hook(opt: dict[str, Any]) -> HistoryNegativeHook:
 
 
 def check_spn_pixel_opt(opt: dict[str, Any]) -> None:
-    """Require ``train.pixel_opt.type: SPNLoss`` and check its keys."""
+    """Require ``train.pixel_opt`` to build a :class:`ContrastiveLoss` (SPNLoss or a peer) and check its keys."""
     pixel_opt = (opt.get('train') or {}).get('pixel_opt') or {}
     loss_type = pixel_opt.get('type')
     loss_cls = LOSS_REGISTRY.get(loss_type) if loss_type in LOSS_REGISTRY else None
-    if loss_cls is None or not issubclass(loss_cls, CONTRASTIVE_LOSSES):
+    if loss_cls is None or not (isinstance(loss_cls, type) and issubclass(loss_cls, ContrastiveLoss)):
         raise ValueError(f'MCLIRModel needs `train.pixel_opt.type: SPNLoss` (or a peer loss: ContrastRatioLoss, '
                          f'InfoNCELoss), got {loss_type!r}; it holds the reconstruction term (L1 by default) and the '
-                         'negative term.')
+                         'negative term, and the base model\'s step calls it as cri_pix.')
     check_call_kwargs(loss_cls, pixel_opt, 'train.pixel_opt')
     check_options(loss_cls.OPTIONS, pixel_opt, 'train.pixel_opt')  # before BasicSR builds it, to name the block
 
+
+# Registered BasicSR model types that cannot be trained through cri_pix, and why (refused before anything is built)
+UNSUPPORTED = {
+    'StyleGAN2Model': 'it generates from noise (no lq input, no cri_pix): there is no restoration output to '
+                      'contrast with negatives',
+}
 
 _WRAPPED: dict[type, type] = {}
 
 
 def mclir_class(base: type) -> type:
-    """The class ``MCLIR<Base>`` = :class:`MCLIRMixin` in front of ``base`` (cached, so isinstance works)."""
+    """The class ``MCLIR<Base>`` = :class:`MCLIRMixin` in front of ``base`` (cached, so isinstance works).
+
+    Any BasicSR ``BaseModel`` subclass whose training step calls ``cri_pix`` is accepted (SR, GAN, Real-ESRGAN and
+    video models); the base model's ``optimize_parameters`` is wrapped, never rewritten.
+    """
     if base not in _WRAPPED:
-        if not (isinstance(base, type) and issubclass(base, SRModel)):
-            raise TypeError(f'mclir.base_model {getattr(base, "__name__", base)!r} is not an SRModel subclass; '
-                            'MCLIRModel wraps SRModel-family models (SRModel, SwinIRModel, HATModel, ...).')
-        if base.optimize_parameters is not SRModel.optimize_parameters:
-            raise TypeError(f'mclir.base_model {base.__name__} has its own optimize_parameters (a GAN or video model); '
-                            'MCLIRModel only wraps models that keep SRModel\'s training step.')
+        name = getattr(base, '__name__', base)
+        if not (isinstance(base, type) and issubclass(base, BaseModel)):
+            raise TypeError(f'mclir.base_model {name!r} is not a BasicSR BaseModel subclass; MCLIRModel wraps BasicSR '
+                            'models (SRModel, SwinIRModel, SRGANModel, RealESRGANModel_basicsr, VideoRecurrentModel, '
+                            '...).')
+        if name in UNSUPPORTED:
+            raise TypeError(f'mclir.base_model {name} cannot be trained with SPN: {UNSUPPORTED[name]}.')
         _WRAPPED[base] = type(f'MCLIR{base.__name__}', (MCLIRMixin, base), {'__module__': __name__})
     return _WRAPPED[base]
 
@@ -507,9 +557,10 @@ def _build_mclir_model(opt: dict[str, Any]):
         raise TypeError(f'The mclir block must be a mapping (base_model, hook), got {type(mclir_opt).__name__}.')
     check_keys(mclir_opt, MCLIR_KEYS, 'mclir')
     base_name = mclir_opt.get('base_model', 'SRModel')
-    if base_name == 'MCLIRModel' or base_name not in MODEL_REGISTRY:
+    key = resolve_model_type(base_name)  # as BasicSR's MODEL_REGISTRY.get: RealESRGANModel -> *_basicsr
+    if base_name == 'MCLIRModel' or key is None:
         known = sorted(name for name, _ in MODEL_REGISTRY if name != 'MCLIRModel')
         raise KeyError(f'mclir.base_model {base_name!r} is not a registered BasicSR model type; use the model_type '
                        f'your option file had before (one of {", ".join(known)}), and import the package that '
                        'registers it.')
-    return mclir_class(MODEL_REGISTRY.get(base_name))(opt)
+    return mclir_class(MODEL_REGISTRY.get(key))(opt)
