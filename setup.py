@@ -28,7 +28,13 @@ setup(
         'matplotlib',     # tools/compare.py and tools/ablate.py plots
         'tqdm',
     ],
-    extras_require={'test': ['pytest>=7', 'pytest-xdist>=3']},  # make test: two workers, one test file each
+    extras_require={
+        'test': ['pytest>=7', 'pytest-xdist>=3'],  # make test: two workers, one test file each
+        # the realesrgan package's models, archs and datasets (mclir.import_modules: [realesrgan]). Install it with
+        # `pip install --no-deps realesrgan==0.3.0`: its own dependencies facexlib and gfpgan (face restoration,
+        # large) are not used for training; the rest (basicsr, torch, opencv, numpy) are ours already
+        'realesrgan': ['realesrgan==0.3.0'],
+    },
     entry_points={'console_scripts': [
         'mclir-train=mclir_plugin.train:main',
         'mclir-test=mclir_plugin.test:main',

@@ -44,6 +44,8 @@ idempotent runtime fixes, each tied to a breakage listed in ``docs/basicsr_notes
   CUDA placements to the model's device when that is not a usable GPU; baseline and ``MCLIRModel`` runs alike.
   On CPU, ``VideoRecurrentModel``'s validation un-squeezes the clip in place after ``feed_data``, whose ``.to()``
   returned that very tensor (4-D ``lq`` in ``test()``): its ``feed_data`` gets copies there (:func:`_feeding_copies`).
+* Packages that register models on import (the ``realesrgan`` package) are not imported by BasicSR's pipelines:
+  their ``parse_options`` imports the option file's ``mclir.import_modules`` (:mod:`mclir_plugin.option_imports`).
 * **T** ``DiffJPEG`` returns a permuted (channels-last strided) tensor that Real-ESRGAN's next ``filter2D``
   cannot ``.view()``: its ``forward`` returns it contiguous (same values).
 
@@ -271,6 +273,10 @@ def patch_basicsr() -> None:
     from mclir_plugin.distributed import noting_iteration
     from mclir_plugin.run_lock import logging_the_notes, owning_the_folder
     bs_train.load_resume_state = owning_the_folder(load_resume_state)  # the run's lock before any folder is touched
+    import basicsr.test as bs_test
+    from mclir_plugin.option_imports import importing_option_modules
+    for pipeline in (bs_train, bs_test):  # mclir.import_modules (e.g. realesrgan) before datasets and models
+        pipeline.parse_options = importing_option_modules(pipeline.parse_options)
     bs_train.build_dataset = _checked_build_dataset(bs_train.build_dataset)
     bs_train.create_train_val_dataloader = logging_the_notes(
         _resumable_train_loader(bs_train.create_train_val_dataloader))

@@ -99,6 +99,7 @@ def load_options(path: str, overrides: Sequence[str] | None = None) -> dict[str,
     """
     import yaml
     from basicsr.utils.options import ordered_yaml
+    from mclir_plugin.option_imports import import_option_modules
     from mclir_plugin.options import parse_override_value
 
     if not os.path.isfile(path):
@@ -119,6 +120,10 @@ def load_options(path: str, overrides: Sequence[str] | None = None) -> dict[str,
             node[leaf] = parse_override_value(value)
         except ValueError as err:
             raise EvalError(f'--force_yml {entry!r}: {err}') from None
+    try:
+        import_option_modules(opt)  # mclir.import_modules (e.g. realesrgan) before the model is built
+    except (ModuleNotFoundError, TypeError) as err:
+        raise EvalError(f'{path}: {err}') from None
     return opt
 
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Make (or reuse) the local virtual environment and install everything into it, in the order basicsr needs:
-# torch first (basicsr's build imports it), then basicsr without build isolation, then this package.
+# torch first (basicsr's build imports it), then basicsr without build isolation, then this package, then the
+# optional realesrgan package without its dependencies (see setup.py's extras).
 # Environment: PYTHON (default python3), VENV (default .venv), TORCH_SPEC (default the pinned torch/torchvision).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,5 +29,7 @@ pip install -q numpy cython
 pip install -q --no-build-isolation basicsr==1.4.2
 echo "[setup] installing mclir_plugin (editable) and the test tools"
 pip install -q --no-build-isolation -e ".[test]"
-"$VENV/bin/python" -c "import mclir_plugin, basicsr, torch; print('[setup] ok: mclir_plugin', mclir_plugin.__version__, '| basicsr', basicsr.__version__, '| torch', torch.__version__)"
+echo "[setup] installing the optional realesrgan package (the tests use it), without its face-restoration deps"
+pip install -q --no-deps realesrgan==0.3.0
+"$VENV/bin/python" -c "import mclir_plugin, basicsr, torch, realesrgan.version as resr; print('[setup] ok: mclir_plugin', mclir_plugin.__version__, '| basicsr', basicsr.__version__, '| realesrgan', resr.__version__, '| torch', torch.__version__)"
 echo "$want" > "$stamp"

@@ -13,6 +13,10 @@ import torch
 import torchvision
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+if os.environ.get('PYTEST_XDIST_WORKER'):  # `make test`: two workers share the 2 cores, so one thread each (and
+    torch.set_num_threads(1)               # for the processes they start) rather than 4 threads fighting for 2
+    os.environ.setdefault('OMP_NUM_THREADS', '1')
 VGG16_FILE_NAME = 'vgg16-397923af.pth'  # torchvision's ImageNet file name, looked up in $TORCH_HOME
 
 

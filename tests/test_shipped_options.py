@@ -195,6 +195,9 @@ def test_trains_two_iterations_on_stand_in_data(name, tmp_path, torch_home_with_
                  'logger:print_freq=1', 'logger:save_checkpoint_freq=2', 'logger:use_tb_logger=false',
                  *SHRINK[net_type], *SHRINK.get(net_d_type, []), *video.values(),
                  *([f'gt_size={gt_side}'] if 'gt_size' in opt else []),  # Real-ESRGAN's crop after degrading
+                 # built-in validation photographs: a small centre crop (the demo files validate on whole images)
+                 *([f'datasets:val:val_size={max(64, gt_side)}'] if 'val_size' in opt['datasets'].get('val', {})
+                   else []),
                  # BasicSR's perceptual loss needs the ImageNet VGG19 file (not in the tests' offline cache)
                  *(['train:perceptual_opt=~'] if 'perceptual_opt' in opt['train'] else []),
                  # one negative is enough to run every part of the SPN step (the file's four are checked above)

@@ -19,7 +19,7 @@ For older code, the hook still answers the bank's runner-free methods and attrib
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import torch
 from mmengine.hooks import Hook
@@ -48,26 +48,10 @@ class HistoryNegativeHook(Hook):
     priority = 'NORMAL'
     checkpoint_key = 'mclir'  # where mmengine checkpoints hold the bank's state_dict(), as BasicSR training states do
 
-    def __init__(self,
-                 neg_iter: Sequence[int] | int = (100, 200, 500, 1000),
-                 neg_decay: Sequence[float] | float = 0.1,
-                 neg_start: float = 0.1,
-                 pairing: str = 'natural',
-                 update_buffers: bool = True,
-                 seed: int | None = None,
-                 sync_check_interval: int = 0,
-                 module_key: str | None = None,
-                 adaptive_threshold: float | None = None,
-                 adaptive_decay: float = 0.001,
-                 fast_forward: bool = True,
-                 channels_last: bool | str = 'auto') -> None:
+    def __init__(self, module_key: str | None = None, **bank_options: Any) -> None:
         check_options(HOOK_OPTIONS, {'module_key': module_key}, keys=('module_key',))
         self.module_key = module_key
-        self.bank = HistoryNegatives(neg_iter=neg_iter, neg_decay=neg_decay, neg_start=neg_start, pairing=pairing,
-                                     update_buffers=update_buffers, seed=seed,
-                                     sync_check_interval=sync_check_interval, adaptive_threshold=adaptive_threshold,
-                                     adaptive_decay=adaptive_decay, fast_forward=fast_forward,
-                                     channels_last=channels_last)
+        self.bank = HistoryNegatives(**bank_options)
         self._pending_state: dict[str, Any] | None = None  # read from a checkpoint before the negatives exist
 
     def __getattr__(self, name: str) -> Any:

@@ -47,14 +47,16 @@ from mmengine.registry import HOOKS
 from mclir_plugin.checkpoint import CheckpointWriteError, atomic_torch_save
 from mclir_plugin.compat import resolve_model_type
 from mclir_plugin.hooks.history_negative_hook import HistoryNegativeHook
+from mclir_plugin.hooks.history_negatives import HistoryNegatives
 from mclir_plugin.losses.contrastive_base import ContrastiveLoss
 from mclir_plugin.losses.contrastive_criterion import ContrastiveCriterion, LambdaCalibration, all_ranks_agree
 from mclir_plugin.option_schema import Boolean, Choice, Integer, Number, Optional, OptionError, check_options
-from mclir_plugin.options import check_call_kwargs, check_keys, naming_the_file
+from mclir_plugin.option_imports import import_option_modules
+from mclir_plugin.options import accepted_kwargs, check_call_kwargs, check_keys, naming_the_file
 from mclir_plugin.resume import PROGRESS, preserved_rng, schedule_resume
 
 MCLIR_KEYS = ('base_model', 'hook', 'amp', 'neg_every', 'neg_batch_fraction', 'max_nonfinite_steps', 'visualize',
-              'grad_clip')
+              'grad_clip', 'import_modules')
 STATE_KEY = 'mclir'
 QUEUE_KEY = 'realesrgan_queue'
 AMP_DTYPES = {'none': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
@@ -488,7 +490,7 @@ def build_negative_hook(opt: dict[str, Any]) -> HistoryNegativeHook:
     if hook_cls is None or not issubclass(hook_cls, HistoryNegativeHook):
         raise KeyError(f"mclir.hook.type {hook_type!r} is not a registered history-negative hook; "
                        "use 'HistoryNegativeHook'.")
-    check_call_kwargs(hook_cls, hook_opt, 'mclir.hook')
+    check_keys(hook_opt, accepted_kwargs(hook_cls) + accepted_kwargs(HistoryNegatives), 'mclir.hook')
     try:
         return hook_cls(**hook_opt)
     except OptionError as err:
@@ -556,11 +558,12 @@ def _build_mclir_model(opt: dict[str, Any]):
     if not isinstance(mclir_opt, dict):
         raise TypeError(f'The mclir block must be a mapping (base_model, hook), got {type(mclir_opt).__name__}.')
     check_keys(mclir_opt, MCLIR_KEYS, 'mclir')
+    import_option_modules(opt)  # e.g. realesrgan, whose plain RealESRGANModel then wins (also for build_model callers)
     base_name = mclir_opt.get('base_model', 'SRModel')
     key = resolve_model_type(base_name)  # as BasicSR's MODEL_REGISTRY.get: RealESRGANModel -> *_basicsr
     if base_name == 'MCLIRModel' or key is None:
         known = sorted(name for name, _ in MODEL_REGISTRY if name != 'MCLIRModel')
         raise KeyError(f'mclir.base_model {base_name!r} is not a registered BasicSR model type; use the model_type '
                        f'your option file had before (one of {", ".join(known)}), and import the package that '
-                       'registers it.')
+                       'registers it (mclir.import_modules, e.g. [realesrgan]).')
     return mclir_class(MODEL_REGISTRY.get(key))(opt)
