@@ -354,3 +354,16 @@ def write_recipe_data(root: str, seed: int = 0) -> None:
     os.symlink(os.path.join('X4', '001'), j('datasets/REDS/train_sharp_bicubic/001'))
     with open(j(REDS_META), 'w') as f:
         f.write('001 100 (136,136,3)\n')
+
+
+def basicsr_iterations(loader, sampler, total_iter: int):
+    """``(current_iter, batch)`` as ``basicsr/train.py`` walks them: epoch after epoch, reshuffled, up to total_iter."""
+    current_iter, epoch = 0, 0
+    while current_iter < total_iter:
+        sampler.set_epoch(epoch)
+        for batch in loader:
+            current_iter += 1
+            yield current_iter, batch
+            if current_iter == total_iter:
+                return
+        epoch += 1

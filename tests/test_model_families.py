@@ -22,7 +22,7 @@ from basicsr.utils import get_root_logger, make_exp_dirs
 from basicsr.utils.options import parse_options
 from basicsr.utils.registry import MODEL_REGISTRY
 
-from basicsr_recipes import RECIPES, spn_run_options, write_recipe_data
+from basicsr_recipes import RECIPES, basicsr_iterations, spn_run_options, write_recipe_data
 from conftest import VGG16_FILE_NAME
 
 VGG19_FILE_NAME = 'vgg19-dcbb9e9d.pth'  # what BasicSR's PerceptualLoss (GAN recipes) asks torchvision for
@@ -68,19 +68,6 @@ def write_options(root, recipe) -> str:
     with open(path, 'w') as f:
         yaml.safe_dump(spn_run_options(recipe), f, sort_keys=False)
     return path
-
-
-def basicsr_iterations(loader, sampler, total_iter: int):
-    """``(current_iter, batch)`` as ``basicsr/train.py`` walks them: epoch after epoch, reshuffled, up to total_iter."""
-    current_iter, epoch = 0, 0
-    while current_iter < total_iter:
-        sampler.set_epoch(epoch)
-        for batch in loader:
-            current_iter += 1
-            yield current_iter, batch
-            if current_iter == total_iter:
-                return
-        epoch += 1
 
 
 def generator_steps(train_opt: dict, current_iter: int) -> bool:

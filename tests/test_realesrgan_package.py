@@ -21,7 +21,7 @@ from basicsr.models import build_model
 from basicsr.utils import get_root_logger, make_exp_dirs
 from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, MODEL_REGISTRY
 
-from basicsr_recipes import RECIPE_BY_NAME, shrink, spn_run_options, write_recipe_data
+from basicsr_recipes import RECIPE_BY_NAME, basicsr_iterations, shrink, spn_run_options, write_recipe_data
 from mclir_plugin.compat import resolve_model_type
 
 GAN_LOGGED = ('l_g_pix', 'l_g_gan', 'l_d_real', 'out_d_real', 'l_d_fake', 'out_d_fake')
@@ -69,19 +69,6 @@ def from_package(obj) -> bool:
     return cls.__module__.startswith('realesrgan.')
 
 
-def batches(loader, sampler, total_iter: int):
-    """``(current_iter, batch)`` as ``basicsr/train.py`` walks them, epoch after epoch, up to ``total_iter``."""
-    current_iter, epoch = 0, 0
-    while True:
-        sampler.set_epoch(epoch)
-        for batch in loader:
-            current_iter += 1
-            yield current_iter, batch
-            if current_iter == total_iter:
-                return
-        epoch += 1
-
-
 def test_package_realesrgan_model_trains_with_spn_on_cpu(in_root, monkeypatch):
     options = spn_run_options(RECIPE_BY_NAME['RealESRGAN_x4plus'])
     options['mclir']['import_modules'] = ['realesrgan']
@@ -97,7 +84,7 @@ def test_package_realesrgan_model_trains_with_spn_on_cpu(in_root, monkeypatch):
     assert from_package(model.net_d) and model.device.type == 'cpu'
     d_before = [p.detach().clone() for p in model.net_d.parameters()]
     logs = []
-    for current_iter, data in batches(loader, sampler, opt['train']['total_iter']):
+    for current_iter, data in basicsr_iterations(loader, sampler, opt['train']['total_iter']):
         model.update_learning_rate(current_iter, warmup_iter=-1)
         model.feed_data(data)  # the package's .cuda() calls, redirected to the CPU
         model.optimize_parameters(current_iter)
@@ -121,7 +108,8 @@ def test_package_realesrnet_baseline_degrades_and_steps_on_cpu(in_root, monkeypa
     model = build_model(opt)
     assert type(model) is MODEL_REGISTRY.get('RealESRNetModel') and from_package(model), type(model).__module__
     assert next(model.jpeger.parameters(), torch.zeros(0)).device.type == 'cpu'
-    for current_iter, data in batches(loader, sampler, 3):  # queue_size 2, batch 1: fill the queue, then dequeue
+    # queue_size 2, batch 1: fill the queue, then dequeue
+    for current_iter, data in basicsr_iterations(loader, sampler, 3):
         model.feed_data(data)
     assert model.lq.shape == (1, 3, 8, 8) and model.lq.device.type == 'cpu'
     assert model.queue_lr.device.type == 'cpu' and model.queue_ptr == 2
@@ -131,7 +119,8 @@ def test_package_realesrnet_baseline_degrades_and_steps_on_cpu(in_root, monkeypa
 
 @pytest.mark.parametrize('value, error, message', [
     (['no_such_module_xyz'], ModuleNotFoundError,
-     r"mclir\.import_modules names 'no_such_module_xyz', which is not installed: install the package that provides it, or remove it"),
+     r"mclir\.import_modules names 'no_such_module_xyz', which is not installed: install the package that provides "
+     r"it, or remove it"),
     ('realesrgan', TypeError, r"mclir\.import_modules must be a list of Python module names, e\.g\. \[realesrgan\]"),
 ], ids=['not_installed', 'not_a_list'])
 def test_bad_import_modules_are_named_before_anything_is_built(value, error, message, in_root, monkeypatch):

@@ -22,7 +22,7 @@ from basicsr.models import build_model
 from basicsr.utils import get_root_logger, make_exp_dirs
 from basicsr.utils.options import parse_options
 
-from basicsr_recipes import RECIPE_BY_NAME, Recipe, merge, spn_run_options, write_recipe_data
+from basicsr_recipes import RECIPE_BY_NAME, Recipe, basicsr_iterations, merge, spn_run_options, write_recipe_data
 from conftest import VGG16_FILE_NAME
 
 ADAM_D = {'type': 'Adam', 'lr': 1e-4, 'weight_decay': 0, 'betas': [0.9, 0.99]}
@@ -64,19 +64,6 @@ def recipe_root(tmp_path_factory, vgg16_file):
     return root
 
 
-def iterations(loader, sampler, total_iter: int):
-    """``(current_iter, batch)`` as ``basicsr/train.py`` walks them, up to ``total_iter``."""
-    current_iter, epoch = 0, 0
-    while True:
-        sampler.set_epoch(epoch)
-        for batch in loader:
-            current_iter += 1
-            yield current_iter, batch
-            if current_iter == total_iter:
-                return
-        epoch += 1
-
-
 def params(net: torch.nn.Module) -> list[torch.Tensor]:
     return [p.detach().clone() for p in net.parameters()]
 
@@ -97,7 +84,7 @@ def test_video_gan_model_trains_with_spn_on_cpu(recipe, recipe_root, monkeypatch
     model.negative_hook.bank.negatives[0].register_forward_hook(lambda m, i, out: negative_shapes.append(out.shape))
     g_before, d_before = params(model.net_g), params(model.net_d)
     init_iters = opt['train']['net_d_init_iters']
-    for current_iter, data in iterations(train_loader, train_sampler, 3):
+    for current_iter, data in basicsr_iterations(train_loader, train_sampler, 3):
         model.update_learning_rate(current_iter, warmup_iter=-1)
         model.feed_data(data)
         model.optimize_parameters(current_iter)
