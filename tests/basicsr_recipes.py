@@ -367,3 +367,13 @@ def basicsr_iterations(loader, sampler, total_iter: int):
             if current_iter == total_iter:
                 return
         epoch += 1
+
+
+def write_recipe_root(root, vgg16_file: str, vgg16_name: str) -> str:
+    """``root`` with every recipe's data at its file's paths and ``torch_home/hub/checkpoints/<vgg16_name>`` linked
+    to ``vgg16_file``; returns the checkpoints folder (for more weight files)."""
+    write_recipe_data(str(root))
+    checkpoints = os.path.join(str(root), 'torch_home', 'hub', 'checkpoints')
+    os.makedirs(checkpoints)
+    os.symlink(vgg16_file, os.path.join(checkpoints, vgg16_name))
+    return checkpoints

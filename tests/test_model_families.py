@@ -22,7 +22,7 @@ from basicsr.utils import get_root_logger, make_exp_dirs
 from basicsr.utils.options import parse_options
 from basicsr.utils.registry import MODEL_REGISTRY
 
-from basicsr_recipes import RECIPES, basicsr_iterations, spn_run_options, write_recipe_data
+from basicsr_recipes import RECIPES, basicsr_iterations, spn_run_options, write_recipe_root
 from conftest import VGG16_FILE_NAME
 
 VGG19_FILE_NAME = 'vgg19-dcbb9e9d.pth'  # what BasicSR's PerceptualLoss (GAN recipes) asks torchvision for
@@ -48,11 +48,8 @@ def write_vgg19_file(path: str) -> None:
 def recipe_root(tmp_path_factory, vgg16_file):
     """A run root holding every recipe's data at its file's paths, and a TORCH_HOME with VGG16 and VGG19 files."""
     root = tmp_path_factory.mktemp('basicsr_root')
-    write_recipe_data(str(root))
-    checkpoints = root / 'torch_home' / 'hub' / 'checkpoints'
-    checkpoints.mkdir(parents=True)
-    os.symlink(vgg16_file, checkpoints / VGG16_FILE_NAME)
-    write_vgg19_file(str(checkpoints / VGG19_FILE_NAME))
+    checkpoints = write_recipe_root(root, vgg16_file, VGG16_FILE_NAME)
+    write_vgg19_file(os.path.join(checkpoints, VGG19_FILE_NAME))
     return root
 
 

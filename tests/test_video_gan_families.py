@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import sys
 
 import pytest
@@ -22,7 +21,7 @@ from basicsr.models import build_model
 from basicsr.utils import get_root_logger, make_exp_dirs
 from basicsr.utils.options import parse_options
 
-from basicsr_recipes import RECIPE_BY_NAME, Recipe, basicsr_iterations, merge, spn_run_options, write_recipe_data
+from basicsr_recipes import RECIPE_BY_NAME, Recipe, basicsr_iterations, merge, spn_run_options, write_recipe_root
 from conftest import VGG16_FILE_NAME
 
 ADAM_D = {'type': 'Adam', 'lr': 1e-4, 'weight_decay': 0, 'betas': [0.9, 0.99]}
@@ -57,10 +56,7 @@ RECIPES = [
 @pytest.fixture(scope='module')
 def recipe_root(tmp_path_factory, vgg16_file):
     root = tmp_path_factory.mktemp('video_gan_root')
-    write_recipe_data(str(root))
-    checkpoints = root / 'torch_home' / 'hub' / 'checkpoints'
-    checkpoints.mkdir(parents=True)
-    os.symlink(vgg16_file, checkpoints / VGG16_FILE_NAME)
+    write_recipe_root(root, vgg16_file, VGG16_FILE_NAME)
     return root
 
 

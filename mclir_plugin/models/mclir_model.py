@@ -426,15 +426,6 @@ def nonfinite_stop_message(count: int, current_iter: int, checkpoint: str | None
                    "the training state's learning rate and scheduler), or check the data.")
 
 
-def latest_training_state(opt: dict[str, Any]) -> str | None:
-    """The newest complete ``<iter>.state`` of the run, or None."""
-    folder = opt['path'].get('training_states')
-    if not folder or not os.path.isdir(folder):
-        return None
-    iters = [int(f[:-6]) for f in os.listdir(folder) if f.endswith('.state') and f[:-6].isdigit()]
-    return os.path.join(folder, f'{max(iters)}.state') if iters else None
-
-
 @dataclasses.dataclass(frozen=True)
 class StepOptions:
     """The ``mclir`` block's training-step options (README, "The mclir block")."""
