@@ -8,8 +8,8 @@ Importing the package first makes PyPI ``basicsr`` 1.4.2 work on current torch/t
 * ``MCLIRModel`` (``MODEL_REGISTRY``), :mod:`mclir_plugin.models.mclir_model`: the contrastive model wrapper;
 * ``SyntheticPairedDataset`` (``DATASET_REGISTRY``), :mod:`mclir_plugin.data`: built-in demo data;
 * ``calculate_psnr_float``, ``calculate_ssim_dehazeformer``, ``calculate_ssim_ffanet`` (``METRIC_REGISTRY``),
-  :mod:`mclir_plugin.metrics`: the papers' float evaluation protocols (with ``val.save_best``,
-  :mod:`mclir_plugin.validation`).
+  :mod:`mclir_plugin.metrics.float_metrics`: the papers' float evaluation protocols (with ``val.save_best``,
+  :mod:`mclir_plugin.models.validation`).
 """
 from mclir_plugin import compat as _compat
 

@@ -14,23 +14,23 @@ idempotent runtime fixes, each tied to a breakage listed in ``docs/basicsr_notes
   :func:`init_dist` uses gloo without CUDA and ``LOCAL_RANK`` with it; DDP on CPU needs ``device_ids=None``.
 * ``get_optimizer`` knows only Adam (master added others): :func:`_get_optimizer` takes any ``torch.optim`` class,
   so the AdamW recipes of FFA-Net/MCLIR and DehazeFormer run.
-* ``setup_schedulers`` knows two scheduler types by an if/else: :func:`mclir_plugin.schedulers.setup_schedulers`
+* ``setup_schedulers`` knows two scheduler types by an if/else: :func:`mclir_plugin.models.lr_schedulers.setup_schedulers`
   builds any registered one (the official ``TrueCosineAnnealingLR``, DehazeFormer's ``EpochCosineAnnealingLR``).
 * mmengine 0.10.7 loads checkpoints with a bare ``torch.load``, weights-only since torch 2.6, which rejects its own
   objects: :func:`trusted_mmengine_checkpoints` allow-lists exactly those (wrap ``runner.train()`` in it).
 * ``--force_yml a:b=1e6`` keeps ``1e6`` as text (BasicSR reads numbers only without an exponent), ``=no`` as
   text that later reads as true, and ``eval``s lists: values are read by
-  :func:`mclir_plugin.options.parse_override_value` instead, the one rule of every tool's overrides.
+  :func:`mclir_plugin.utils.options.parse_override_value` instead, the one rule of every tool's overrides.
 * Validation hands metrics uint8 images only and keeps no best model: ``BaseModel.validation`` is wrapped by
-  :func:`mclir_plugin.validation.install` (float output for the float-protocol metrics, ``val.save_best``).
+  :func:`mclir_plugin.models.validation.install` (float output for the float-protocol metrics, ``val.save_best``).
 * Two runs with one ``name`` share a folder (BasicSR renames it under the running one); a stalled rank hangs the
-  others for 30 minutes without a word: :func:`mclir_plugin.run_lock.owning_the_folder` takes the run's lock and
-  applies ``dist_params.timeout`` first, and the loop's iteration is noted for :mod:`mclir_plugin.distributed`.
+  others for 30 minutes without a word: :func:`mclir_plugin.utils.run_lock.owning_the_folder` takes the run's lock and
+  applies ``dist_params.timeout`` first, and the loop's iteration is noted for :mod:`mclir_plugin.utils.distributed`.
 * Resuming restores the training state's learning rate and scheduler over the option file's, with no way to lower
   the rate after a divergence: ``BaseModel.resume_training`` applies ``train.resume_lr``
-  (:mod:`mclir_plugin.resume_lr`).
+  (:mod:`mclir_plugin.utils.resume_lr`).
 * Resume restarts the interrupted epoch and forgets the random states; the training loader is wrapped so that
-  :mod:`mclir_plugin.resume` can replay it exactly. A missing dataset path is named before BasicSR fails on it.
+  :mod:`mclir_plugin.utils.exact_resume` can replay it exactly. A missing dataset path is named before BasicSR fails on it.
 * A 0-byte, corrupt or missing image (file or lmdb value) ends in OpenCV's ``!buf.empty()`` naming nothing:
   ``FileClient.get``/``imfrombytes`` are wrapped to name the file or lmdb key and the fix
   (:func:`mclir_plugin.data.image_io.install_named_image_reads`).
@@ -45,7 +45,7 @@ idempotent runtime fixes, each tied to a breakage listed in ``docs/basicsr_notes
   On CPU, ``VideoRecurrentModel``'s validation un-squeezes the clip in place after ``feed_data``, whose ``.to()``
   returned that very tensor (4-D ``lq`` in ``test()``): its ``feed_data`` gets copies there (:func:`_feeding_copies`).
 * Packages that register models on import (the ``realesrgan`` package) are not imported by BasicSR's pipelines:
-  their ``parse_options`` imports the option file's ``mclir.import_modules`` (:mod:`mclir_plugin.option_imports`).
+  their ``parse_options`` imports the option file's ``mclir.import_modules`` (:mod:`mclir_plugin.utils.option_imports`).
 * **T** ``DiffJPEG`` returns a permuted (channels-last strided) tensor that Real-ESRGAN's next ``filter2D``
   cannot ``.view()``: its ``forward`` returns it contiguous (same values).
 
@@ -229,7 +229,7 @@ def _get_optimizer(self, optim_type: str, params, lr: float, **kwargs):
 def _load_network_naming_file(load_network):
     """``BaseModel.load_network`` whose errors name the file and what to check."""
     def load(self, net, load_path, strict=True, param_key='params'):
-        from mclir_plugin.checkpoint import is_damaged_file_error
+        from mclir_plugin.utils.checkpoint import is_damaged_file_error
         try:
             return load_network(self, net, load_path, strict, param_key)
         except Exception as err:
@@ -249,9 +249,9 @@ def _load_network_naming_file(load_network):
 
 
 def _resumable_train_loader(create_train_val_dataloader):
-    """Wrap BasicSR's train loader in :class:`mclir_plugin.resume.ResumableLoader` (exact resume)."""
+    """Wrap BasicSR's train loader in :class:`mclir_plugin.utils.exact_resume.ResumableLoader` (exact resume)."""
     def create(opt, logger):
-        from mclir_plugin.resume import ResumableLoader
+        from mclir_plugin.utils.exact_resume import ResumableLoader
         train_loader, *rest = create_train_val_dataloader(opt, logger)
         return (ResumableLoader(train_loader), *rest)
     create.__wrapped__ = create_train_val_dataloader
@@ -266,30 +266,30 @@ def patch_basicsr() -> None:
     import basicsr.train as bs_train
     import basicsr.utils.options as bs_options
     from basicsr.models.base_model import BaseModel
-    from mclir_plugin.options import parse_override_value
+    from mclir_plugin.utils.options import parse_override_value
 
     bs_options.init_dist = init_dist
     bs_options._postprocess_yml_value = parse_override_value
-    from mclir_plugin.distributed import noting_iteration
-    from mclir_plugin.run_lock import logging_the_notes, owning_the_folder
+    from mclir_plugin.utils.distributed import noting_iteration
+    from mclir_plugin.utils.run_lock import logging_the_notes, owning_the_folder
     bs_train.load_resume_state = owning_the_folder(load_resume_state)  # the run's lock before any folder is touched
     import basicsr.test as bs_test
-    from mclir_plugin.option_imports import importing_option_modules
+    from mclir_plugin.utils.option_imports import importing_option_modules
     for pipeline in (bs_train, bs_test):  # mclir.import_modules (e.g. realesrgan) before datasets and models
         pipeline.parse_options = importing_option_modules(pipeline.parse_options)
     bs_train.build_dataset = _checked_build_dataset(bs_train.build_dataset)
     bs_train.create_train_val_dataloader = logging_the_notes(
         _resumable_train_loader(bs_train.create_train_val_dataloader))
     BaseModel.update_learning_rate = noting_iteration(BaseModel.update_learning_rate)
-    from mclir_plugin.resume_lr import with_resume_lr
+    from mclir_plugin.utils.resume_lr import with_resume_lr
     BaseModel.resume_training = with_resume_lr(BaseModel.resume_training)  # train.resume_lr
     BaseModel.model_to_device = _model_to_device
     BaseModel.get_optimizer = _get_optimizer
-    from mclir_plugin.schedulers import setup_schedulers
+    from mclir_plugin.models.lr_schedulers import setup_schedulers
     BaseModel.setup_schedulers = setup_schedulers
     BaseModel.load_network = _load_network_naming_file(BaseModel.load_network)
-    from mclir_plugin.validation import install as install_validation
-    install_validation()  # float-protocol metrics and val.save_best (also registers mclir_plugin.metrics)
+    from mclir_plugin.models.validation import install as install_validation
+    install_validation()  # float-protocol metrics and val.save_best (also registers mclir_plugin.metrics.float_metrics)
     from mclir_plugin.data.image_io import install_named_image_reads
     install_named_image_reads()  # after basicsr.train imported basicsr.data: its modules bind imfrombytes by name
     _install_model_device_fixes()  # Real-ESRGAN and video models on CPU

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import importlib
 import sys
 
 import mclir_plugin  # noqa: F401  (before basicsr: compat shim and registration)
@@ -200,3 +201,11 @@ def swinir_run(tmp_path, torch_home_with_vgg):
 def train(cwd, opt_file, *extra, overrides=CPU_OVERRIDES):
     return run_tool([os.path.join(REPO, 'tools', 'train.py'), '-opt', str(opt_file), *extra,
                      '--force_yml', *overrides], cwd=cwd)
+
+
+def load_example(name: str):
+    """``examples/<name>.py`` imported as the module ``<name>`` (the examples folder is not a package)."""
+    folder = os.path.join(REPO, 'examples')
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    return importlib.import_module(name)

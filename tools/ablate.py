@@ -5,11 +5,11 @@ Trains the baseline, its SPN twin and any ``--variant LABEL [FILE.yml] KEY=VALUE
 ``tools/train.py`` (one after the other, or ``--launch print`` to print the commands and ``--collect`` later), then
 writes ``results.csv``, ``results.md``, ``results.png`` and ``study.json`` in the study folder: validation metrics
 per variant (final and best; mean and std over seeds; difference to the baseline; paired difference over seeds).
-See ``mclir_plugin/ablate.py`` for the options, resuming and the formats.
+See ``mclir_plugin/commands/ablate.py`` for the options, resuming and the formats.
 """
 import sys
 
-from mclir_plugin.ablate import main
+from mclir_plugin.commands.ablate import main
 
 if __name__ == '__main__':
     sys.exit(main())

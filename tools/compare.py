@@ -3,11 +3,11 @@
 
 Prints best/last validation metrics per dataset with the difference to the first run (the baseline), and writes
 ``compare.csv``, ``compare.md`` and ``compare.png`` (validation and loss curves) under ``--out``; see
-``mclir_plugin/compare.py`` for the options, the sources read (text logs, TensorBoard events) and the formats.
+``mclir_plugin/commands/compare.py`` for the options, the sources read (text logs, TensorBoard events) and the formats.
 """
 import sys
 
-from mclir_plugin.compare import main
+from mclir_plugin.commands.compare import main
 
 if __name__ == '__main__':
     sys.exit(main())

@@ -28,7 +28,7 @@ from torch import nn
 
 from mclir_plugin.hooks.history_negatives import (HOOK_OPTIONS, HistoryNegatives, negative_seed,  # noqa: F401
                                                   reinitialised_copy, unwrap)
-from mclir_plugin.option_schema import check_options
+from mclir_plugin.utils.option_schema import check_options
 
 
 @HOOKS.register_module()

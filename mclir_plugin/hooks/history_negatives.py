@@ -47,8 +47,8 @@ import torch
 from torch import nn
 
 from mclir_plugin.hooks.negative_fast_path import accelerate_negative
-from mclir_plugin.memory_layout import CHANNELS_LAST_OPTION, use_channels_last
-from mclir_plugin.option_schema import (Boolean, Choice, Integer, Number, OneOrList, Optional, OptionError, Text,
+from mclir_plugin.utils.memory_layout import CHANNELS_LAST_OPTION, use_channels_last
+from mclir_plugin.utils.option_schema import (Boolean, Choice, Integer, Number, OneOrList, Optional, OptionError, Text,
                                         check_options)
 
 logger = logging.getLogger('basicsr')
@@ -155,7 +155,7 @@ class HistoryNegatives:
         fast_forward: Let the negatives' window attention skip work it repeats on every call (see
             :mod:`mclir_plugin.hooks.negative_fast_path`). Same maths, float rounding aside. Defaults to True.
         channels_last: Keep the negatives (and feed them) in channels-last memory format: ``'auto'`` does so on
-            CPU only (see :mod:`mclir_plugin.memory_layout`). Defaults to ``'auto'``.
+            CPU only (see :mod:`mclir_plugin.utils.memory_layout`). Defaults to ``'auto'``.
     """
 
     def __init__(self,

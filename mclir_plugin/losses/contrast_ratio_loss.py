@@ -43,7 +43,7 @@ import torch
 from basicsr.utils.registry import LOSS_REGISTRY
 
 from mclir_plugin.losses.contrastive_base import NEG_SOURCE_OPTION, ContrastiveLoss
-from mclir_plugin.option_schema import Number, check_options
+from mclir_plugin.utils.option_schema import Number, check_options
 
 CR_LAYER_WEIGHTS = {'relu1_1': 1 / 32, 'relu2_1': 1 / 16, 'relu3_1': 1 / 8, 'relu4_1': 1 / 4, 'relu5_1': 1.0}
 CR_EPS = 1e-7

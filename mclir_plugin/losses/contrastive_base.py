@@ -40,7 +40,7 @@ from torch import nn
 
 from mclir_plugin.losses import ssim_loss  # noqa: F401  (registers SSIMLoss for rec_loss: ssim)
 from mclir_plugin.losses.vgg_features import VGG_LOSS_OPTIONS, VGGFeatures
-from mclir_plugin.option_schema import Choice, Number, check_options
+from mclir_plugin.utils.option_schema import Choice, Number, check_options
 
 NEG_SOURCES = ('history', 'input', 'both')
 REC_LOSSES = {'l1': 'L1Loss', 'mse': 'MSELoss', 'charbonnier': 'CharbonnierLoss', 'ssim': 'SSIMLoss'}

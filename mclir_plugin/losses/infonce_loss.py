@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from basicsr.utils.registry import LOSS_REGISTRY
 
 from mclir_plugin.losses.contrastive_base import NEG_SOURCE_OPTION, ContrastiveLoss
-from mclir_plugin.option_schema import Choice, Number, check_options
+from mclir_plugin.utils.option_schema import Choice, Number, check_options
 
 INFONCE_LAYER_WEIGHTS = {'relu1_1': 1 / 3, 'relu3_1': 1 / 3, 'relu5_1': 1 / 3}
 SIMILARITIES = ('location', 'pooled')

@@ -37,7 +37,7 @@ import torch
 from basicsr.utils.registry import LOSS_REGISTRY
 
 from mclir_plugin.losses.contrastive_base import ContrastiveLoss
-from mclir_plugin.option_schema import AnyOf, Boolean, Choice, Integer, Number, check_options
+from mclir_plugin.utils.option_schema import AnyOf, Boolean, Choice, Integer, Number, check_options
 
 DEFAULT_LAYER_WEIGHTS = {'relu1_2': 0.2, 'relu2_2': 0.3, 'relu3_3': 0.5}
 

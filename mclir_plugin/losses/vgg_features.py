@@ -21,9 +21,9 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from mclir_plugin.checkpoint import load_weights_file
-from mclir_plugin.memory_layout import CHANNELS_LAST_OPTION, check_channels_last, use_channels_last
-from mclir_plugin.option_schema import Boolean, Choice, MappingOf, Number, Optional, Text, check_options
+from mclir_plugin.utils.checkpoint import load_weights_file
+from mclir_plugin.utils.memory_layout import CHANNELS_LAST_OPTION, check_channels_last, use_channels_last
+from mclir_plugin.utils.option_schema import Boolean, Choice, MappingOf, Number, Optional, Text, check_options
 
 logger = logging.getLogger('basicsr')
 
@@ -108,7 +108,7 @@ class VGGFeatures(nn.Module):
         seed: Seed of the random fallback, identical on every rank. Defaults to 0.
         channels_last: Run the convolutions in channels-last memory format (same maths). ``'auto'`` does so on
             CPU, where oneDNN runs this VGG about 30% faster without gradients and 15% faster with them, and not
-            on CUDA (see :mod:`mclir_plugin.memory_layout`). The layout follows the input's device at each call.
+            on CUDA (see :mod:`mclir_plugin.utils.memory_layout`). The layout follows the input's device at each call.
             Defaults to ``'auto'``.
     """
 

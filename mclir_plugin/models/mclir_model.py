@@ -15,11 +15,11 @@ the base model's own training step. The SPN term enters through the criterion th
    iteration are refreshed from the raw ``net_g`` (never ``net_d``, never the EMA copy).
 
 For SRModel this is the official step order (``tests/test_mclir_model.py`` checks it against
-:mod:`mclir_plugin.reference`). GAN models: the SPN term is part of the generator's loss only; on iterations where
+:mod:`mclir_plugin.models.official_step`). GAN models: the SPN term is part of the generator's loss only; on iterations where
 the base step does not update the generator (``net_d_iters``/``net_d_init_iters``) the criterion is not called and
 nothing is logged for it. The negatives, the criterion's calibrated ``neg_weight`` and Real-ESRGAN's training-pair
 queue are written into every training state (``training_states/<iter>.state``, keys ``mclir``, ``neg_weight``,
-``realesrgan_queue``) with the random states and the epoch position (key ``progress``, :mod:`mclir_plugin.resume`),
+``realesrgan_queue``) with the random states and the epoch position (key ``progress``, :mod:`mclir_plugin.utils.exact_resume`),
 and restored on resume, so a resumed run continues exactly; checkpoints are written atomically. ``net_d`` and its
 optimizer are saved and restored by BasicSR itself (``net_d_<iter>.pth``; the training state's optimizer list).
 Validation leaves the random states untouched.
@@ -44,16 +44,16 @@ from basicsr.utils.dist_util import get_dist_info, master_only
 from basicsr.utils.registry import LOSS_REGISTRY, MODEL_REGISTRY
 from mmengine.registry import HOOKS
 
-from mclir_plugin.checkpoint import CheckpointWriteError, atomic_torch_save
+from mclir_plugin.utils.checkpoint import CheckpointWriteError, atomic_torch_save
 from mclir_plugin.compat import resolve_model_type
 from mclir_plugin.hooks.history_negative_hook import HistoryNegativeHook
 from mclir_plugin.hooks.history_negatives import HistoryNegatives
 from mclir_plugin.losses.contrastive_base import ContrastiveLoss
 from mclir_plugin.losses.contrastive_criterion import ContrastiveCriterion, LambdaCalibration, all_ranks_agree
-from mclir_plugin.option_schema import Boolean, Choice, Integer, Number, Optional, OptionError, check_options
-from mclir_plugin.option_imports import import_option_modules
-from mclir_plugin.options import accepted_kwargs, check_call_kwargs, check_keys, naming_the_file
-from mclir_plugin.resume import PROGRESS, preserved_rng, schedule_resume
+from mclir_plugin.utils.option_schema import Boolean, Choice, Integer, Number, Optional, OptionError, check_options
+from mclir_plugin.utils.option_imports import import_option_modules
+from mclir_plugin.utils.options import accepted_kwargs, check_call_kwargs, check_keys, naming_the_file
+from mclir_plugin.utils.exact_resume import PROGRESS, preserved_rng, schedule_resume
 
 MCLIR_KEYS = ('base_model', 'hook', 'amp', 'neg_every', 'neg_batch_fraction', 'max_nonfinite_steps', 'visualize',
               'grad_clip', 'import_modules')
@@ -255,7 +255,7 @@ class MCLIRMixin:
         * ``'mclir'``: the negatives and their counters;
         * ``'neg_weight'``: the criterion's ``neg_weight`` (calibrated by ``neg_weight: auto``) and calibration;
         * ``'realesrgan_queue'``: Real-ESRGAN's training-pair queue (``queue_lr``, ``queue_gt``, ``queue_ptr``);
-        * ``'progress'``: every rank's random states and the position in the epoch (see :mod:`mclir_plugin.resume`).
+        * ``'progress'``: every rank's random states and the position in the epoch (see :mod:`mclir_plugin.utils.exact_resume`).
 
         Called on every rank (the random states are gathered), unlike BasicSR's master-only version.
         """

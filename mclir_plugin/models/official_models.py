@@ -38,7 +38,7 @@ from basicsr.utils import get_root_logger
 from basicsr.utils.registry import MODEL_REGISTRY
 
 from mclir_plugin.models.mclir_model import MCLIRModel
-from mclir_plugin.options import naming_the_file
+from mclir_plugin.utils.options import naming_the_file
 
 # Official defaults of neg_start: SRNegModel 0.999 (almost all random), SRNegModel_Multi and its subclasses 0.01.
 NEG_START_SINGLE, NEG_START_MULTI = 0.999, 0.01
