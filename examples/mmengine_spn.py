@@ -28,14 +28,13 @@ import argparse
 import mclir_plugin  # noqa: F401  (first: makes basicsr importable and registers the loss and the hook)
 
 import torch
-import torch.nn.functional as F
 from mmengine.model import BaseModel
 from mmengine.runner import Runner
-from torch import nn
 from torch.utils.data import Dataset
 
 from mclir_plugin import HistoryNegativeHook, SPNLoss
 from mclir_plugin.compat import trusted_mmengine_checkpoints
+from plain_pytorch_spn import TinySR, synthetic_batch  # the plain example's toy network and images (this folder)
 
 
 class SmoothImages(Dataset):
@@ -48,22 +47,8 @@ class SmoothImages(Dataset):
         return self.length
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        g = torch.Generator().manual_seed(index)
-        gt = F.interpolate(torch.rand(1, 3, self.size // 8, self.size // 8, generator=g), size=self.size,
-                           mode='bicubic', align_corners=False).clamp(0, 1)[0]
-        return {'lq': F.avg_pool2d(gt, 2), 'gt': gt}
-
-
-class TinySR(nn.Module):
-    """x2 super-resolution: bicubic upsampling plus a learned residual."""
-
-    def __init__(self, channels: int = 16) -> None:
-        super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(3, channels, 3, padding=1), nn.ReLU(),
-                                  nn.Conv2d(channels, 3 * 4, 3, padding=1), nn.PixelShuffle(2))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.interpolate(x, scale_factor=2, mode='bicubic', align_corners=False) + self.body(x)
+        lq, gt = synthetic_batch(index, batch=1, size=self.size)
+        return {'lq': lq[0], 'gt': gt[0]}
 
 
 class SPNRestorer(BaseModel):

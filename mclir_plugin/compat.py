@@ -30,7 +30,8 @@ idempotent runtime fixes, each tied to a breakage listed in ``docs/basicsr_notes
   the rate after a divergence: ``BaseModel.resume_training`` applies ``train.resume_lr``
   (:mod:`mclir_plugin.utils.resume_lr`).
 * Resume restarts the interrupted epoch and forgets the random states; the training loader is wrapped so that
-  :mod:`mclir_plugin.utils.exact_resume` can replay it exactly. A missing dataset path is named before BasicSR fails on it.
+  :mod:`mclir_plugin.utils.exact_resume` can replay it exactly, and ``build_model`` hands the model that loader's
+  progress (one object per run, no global). A missing dataset path is named before BasicSR fails on it.
 * A 0-byte, corrupt or missing image (file or lmdb value) ends in OpenCV's ``!buf.empty()`` naming nothing:
   ``FileClient.get``/``imfrombytes`` are wrapped to name the file or lmdb key and the fix
   (:func:`mclir_plugin.data.image_io.install_named_image_reads`).
@@ -143,21 +144,19 @@ def _slurm_env(port: int | None) -> None:
 def load_resume_state(opt: dict) -> dict | None:
     """BasicSR's ``load_resume_state`` made to work without CUDA and from any working directory.
 
-    ``--auto_resume`` takes the newest ``<iter>.state`` in ``opt['path']['training_states']`` (the run's own
-    folder, derived from the root path) instead of a path relative to the working directory.
+    ``--auto_resume`` takes the newest complete ``<iter>.state`` in ``opt['path']['training_states']`` (the run's
+    own folder, derived from the root path; :func:`mclir_plugin.utils.checkpoint.newest_training_state`) instead of
+    a path relative to the working directory.
     """
     import torch
     from basicsr.utils import check_resume
+    from mclir_plugin.utils.checkpoint import newest_training_state
 
     path = None
     if opt['auto_resume']:
-        state_dir = opt['path']['training_states']
-        if osp.isdir(state_dir):
-            iters = [int(name[:-len('.state')]) for name in os.listdir(state_dir)
-                     if re.fullmatch(r'\d+\.state', name)]
-            if iters:
-                path = osp.join(state_dir, f'{max(iters)}.state')
-                opt['path']['resume_state'] = path
+        path = newest_training_state(opt['path']['training_states'])
+        if path is not None:
+            opt['path']['resume_state'] = path
     elif opt['path'].get('resume_state'):
         path = opt['path']['resume_state']
     if path is None:
@@ -249,13 +248,29 @@ def _load_network_naming_file(load_network):
 
 
 def _resumable_train_loader(create_train_val_dataloader):
-    """Wrap BasicSR's train loader in :class:`mclir_plugin.utils.exact_resume.ResumableLoader` (exact resume)."""
+    """Wrap BasicSR's train loader in :class:`mclir_plugin.utils.exact_resume.ResumableLoader` (exact resume), with
+    a new :class:`~mclir_plugin.utils.exact_resume.TrainProgress` for this run, left in ``opt`` for its model."""
     def create(opt, logger):
-        from mclir_plugin.utils.exact_resume import ResumableLoader
+        from mclir_plugin.utils.exact_resume import resumable_train_loader
         train_loader, *rest = create_train_val_dataloader(opt, logger)
-        return (ResumableLoader(train_loader), *rest)
+        return (resumable_train_loader(opt, train_loader), *rest)
     create.__wrapped__ = create_train_val_dataloader
     return create
+
+
+def _model_with_run_progress(build_model):
+    """``build_model`` that hands the run's training progress (made with its train loader) to a model that keeps
+    one (``train_progress``, ``MCLIRModel``): its training states then record, and its resume replays, this run's
+    loader."""
+    def build(opt):
+        from mclir_plugin.utils.exact_resume import take_progress
+        progress = take_progress(opt)  # before build_model deep-copies opt: the model needs this very object
+        model = build_model(opt)
+        if progress is not None and hasattr(model, 'train_progress'):
+            model.train_progress = progress
+        return model
+    build.__wrapped__ = build_model
+    return build
 
 
 def patch_basicsr() -> None:
@@ -280,6 +295,7 @@ def patch_basicsr() -> None:
     bs_train.build_dataset = _checked_build_dataset(bs_train.build_dataset)
     bs_train.create_train_val_dataloader = logging_the_notes(
         _resumable_train_loader(bs_train.create_train_val_dataloader))
+    bs_train.build_model = _model_with_run_progress(bs_train.build_model)  # the loader's progress, to the model
     BaseModel.update_learning_rate = noting_iteration(BaseModel.update_learning_rate)
     from mclir_plugin.utils.resume_lr import with_resume_lr
     BaseModel.resume_training = with_resume_lr(BaseModel.resume_training)  # train.resume_lr

@@ -10,13 +10,22 @@ keys (Real-ESRGAN's degradation settings). Dataset paths are the file's own, rel
 :func:`spn_run_options` then does what the contract asks of a user (``model_type: MCLIRModel``, ``mclir.base_model``
 = the file's model type, an ``mclir.hook``, ``pixel_opt`` -> ``SPNLoss`` keeping its weight and reduction) and
 shrinks size only (CPU, tiny networks and patches, batch 1, no workers, 3 iterations, no pretrained weights).
+
+:func:`train_in_process` runs ``tools/train.py``'s entry point in the test process, for the tests whose point is not
+a process of their own; :func:`drop_after` turns a finished run's folder into one stopped at a checkpoint.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import glob
+import logging
 import os
+import re
+import sys
+import traceback
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import cv2
 import numpy as np
@@ -369,6 +378,17 @@ def basicsr_iterations(loader, sampler, total_iter: int):
         epoch += 1
 
 
+def drop_after(run_dir, iteration: int) -> None:
+    """Delete what the run in ``run_dir`` wrote after ``iteration`` (networks, states, pictures of the negatives):
+    the folder of a run stopped after its checkpoint at ``iteration``."""
+    for sub in ('models', 'training_states', 'visualization/mclir_negatives'):
+        folder = os.path.join(str(run_dir), sub)
+        for name in os.listdir(folder) if os.path.isdir(folder) else []:
+            label = re.match(r'(?:\w+_)?(\d+|latest)\.\w+$', name)
+            if label and (label[1] == 'latest' or int(label[1]) > iteration):
+                os.remove(os.path.join(folder, name))
+
+
 def write_recipe_root(root, vgg16_file: str, vgg16_name: str) -> str:
     """``root`` with every recipe's data at its file's paths and ``torch_home/hub/checkpoints/<vgg16_name>`` linked
     to ``vgg16_file``; returns the checkpoints folder (for more weight files)."""
@@ -377,3 +397,72 @@ def write_recipe_root(root, vgg16_file: str, vgg16_name: str) -> str:
     os.makedirs(checkpoints)
     os.symlink(vgg16_file, os.path.join(checkpoints, vgg16_name))
     return checkpoints
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# tools/train.py in this process: the same entry point (``mclir_plugin.commands.train.main``: BasicSR's
+# ``train_pipeline`` with its argv parsing and the plugin's fixes) without a new interpreter importing torch,
+# torchvision and BasicSR again (4-5 s each). Tests whose point is a process (a kill, a lock held by another process,
+# a resume in fresh processes, gloo ranks) keep starting one.
+
+class InProcessRun:
+    """What a ``tools/train.py`` run left: BasicSR's log lines (``LEVEL: message``) and the error it raised."""
+
+    def __init__(self, log: str, error: BaseException | None) -> None:
+        self.log, self.error = log, error
+
+    @property
+    def out(self) -> str:
+        """What the process would have printed: the log, then the error's traceback (chained causes included)."""
+        if self.error is None:
+            return self.log
+        return self.log + '\n' + ''.join(traceback.format_exception(self.error))
+
+    def check(self) -> str:
+        """The log of a run that must have succeeded (its error re-raised, with the log's end, otherwise)."""
+        if self.error is not None:
+            raise AssertionError(f'the run failed; its log ends with:\n{self.log[-4000:]}') from self.error
+        return self.log
+
+
+@contextlib.contextmanager
+def basicsr_log() -> Iterator[list[str]]:
+    """BasicSR's logger messages inside the block, at INFO and above (the logger does not propagate, so pytest's
+    caplog misses them, and a logger initialised without a log file would drop INFO)."""
+    logger = logging.getLogger('basicsr')
+    lines: list[str] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: lines.append(f'{record.levelname}: {record.getMessage()}')
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def train_in_process(root, *args: str) -> InProcessRun:
+    """``python tools/train.py <args>`` run from the folder ``root``, in this process.
+
+    ``sys.argv`` and the working directory are restored afterwards, and the run's ``experiments/<name>.lock`` is
+    released (a process releases it at exit), so that a later run, here or in another process, may take it.
+    """
+    from mclir_plugin.commands.train import main
+    from mclir_plugin.utils import run_lock
+    argv, cwd, error = sys.argv, os.getcwd(), None
+    sys.argv = ['train.py', *args]
+    os.chdir(root)
+    try:
+        with basicsr_log() as lines:
+            try:
+                main()
+            except Exception as err:  # noqa: BLE001  (the caller asserts on it, as on a process's exit status)
+                error = err
+    finally:
+        sys.argv = argv
+        os.chdir(cwd)
+        for lock in glob.glob(os.path.join(str(root), 'experiments', '*.lock')):
+            run_lock.release(lock)
+    return InProcessRun('\n'.join(lines), error)

@@ -78,6 +78,36 @@ def run_tool(args: list[str], cwd, timeout: int = 600, env: dict | None = None):
     return run_command([sys.executable, *args], cwd, timeout, env)
 
 
+def tiny_swinir_options(name: str, gt: str, lq: str, hook: dict, *, validation: bool = True,
+                        train_set: dict | None = None, network: dict | None = None, **train) -> dict:
+    """Options of a ``tools/train.py`` run on CPU: ``network_preset('swinir_tiny', **network)`` x4 with SPN (random
+    VGG), the PNG folders ``gt``/``lq`` (:func:`write_paired_folders`) as training set and, with ``validation``, as
+    a PSNR validation set. ``train_set`` changes the training set's keys, ``train`` the ``train`` block's; a test
+    changes anything else in the returned dict (manual_seed 0, checkpoints every 2 iterations, 4 iterations)."""
+    from mclir_plugin.archs.presets import network_preset
+    paired = {'dataroot_gt': gt, 'dataroot_lq': lq, 'io_backend': {'type': 'disk'}}
+    opt = {
+        'name': name, 'model_type': 'MCLIRModel', 'scale': 4, 'num_gpu': 0, 'manual_seed': 0,
+        'mclir': {'base_model': 'SwinIRModel', 'hook': hook},
+        'datasets': {'train': {'name': 'tiny', 'type': 'PairedImageDataset', **paired, 'gt_size': 32,
+                               'use_hflip': True, 'use_rot': True, 'use_shuffle': True, 'num_worker_per_gpu': 0,
+                               'batch_size_per_gpu': 2, 'dataset_enlarge_ratio': 1, 'prefetch_mode': None,
+                               **(train_set or {})}},
+        'network_g': network_preset('swinir_tiny', **(network or {})),
+        'path': {'pretrain_network_g': None, 'strict_load_g': True, 'resume_state': None},
+        'train': {'ema_decay': 0.9, 'optim_g': {'type': 'Adam', 'lr': 1e-3, 'betas': [0.9, 0.99]},
+                  'scheduler': {'type': 'MultiStepLR', 'milestones': [100], 'gamma': 0.5}, 'total_iter': 4,
+                  'warmup_iter': -1, 'pixel_opt': {'type': 'SPNLoss', 'neg_weight': 0.5, 'vgg_fallback': 'random'},
+                  **train},
+        'logger': {'print_freq': 1, 'save_checkpoint_freq': 2, 'use_tb_logger': False},
+    }
+    if validation:
+        opt['datasets']['val'] = {'name': 'tiny_val', 'type': 'PairedImageDataset', **paired}
+        opt['val'] = {'val_freq': 4, 'save_img': False,
+                      'metrics': {'psnr': {'type': 'calculate_psnr', 'crop_border': 4, 'test_y_channel': True}}}
+    return opt
+
+
 # The shape of BasicSR's own options/train/SwinIR/train_SwinIR_SRx4_scratch.yml (paths pointing at this test's
 # folders), with the contract's lines changed: model_type, the mclir block, and pixel_opt.
 SWINIR_SPN_OPTIONS = """
@@ -209,3 +239,26 @@ def load_example(name: str):
     if folder not in sys.path:
         sys.path.insert(0, folder)
     return importlib.import_module(name)
+
+
+def swinir_model_options(tmp_path, vgg16_file, mclir: dict, **pixel_opt) -> dict:
+    """An option dict as BasicSR's ``parse_options`` hands it to ``build_model`` (training, CPU, in-process):
+    ``network_preset('swinir_tiny')`` x4 as ``MCLIRModel`` over ``SwinIRModel`` with the ``mclir`` block's keys,
+    SPNLoss (``pixel_opt`` changes its keys) on the random VGG16 file, Adam, print_freq 2."""
+    from mclir_plugin.archs.presets import network_preset
+    root = str(tmp_path / 'run')
+    paths = {k: os.path.join(root, k) for k in ('models', 'training_states', 'log', 'visualization')}
+    for p in paths.values():
+        os.makedirs(p, exist_ok=True)
+    return {
+        'name': 'unit', 'model_type': 'MCLIRModel', 'scale': 4, 'num_gpu': 0, 'manual_seed': 0,
+        'is_train': True, 'dist': False, 'rank': 0, 'world_size': 1, 'root_path': str(tmp_path),
+        'mclir': {'base_model': 'SwinIRModel', **mclir},
+        'network_g': network_preset('swinir_tiny'),
+        'path': {'pretrain_network_g': None, 'strict_load_g': True, 'resume_state': None,
+                 'experiments_root': root, **paths},
+        'train': {'ema_decay': 0.0, 'optim_g': {'type': 'Adam', 'lr': 1e-2, 'betas': [0.9, 0.99]},
+                  'scheduler': {'type': 'MultiStepLR', 'milestones': [100], 'gamma': 0.5}, 'total_iter': 10,
+                  'pixel_opt': {'type': 'SPNLoss', 'neg_weight': 0.5, 'vgg_weights': vgg16_file, **pixel_opt}},
+        'logger': {'print_freq': 2},
+    }

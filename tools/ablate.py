@@ -2,9 +2,10 @@
 """Ablation study: ``python tools/ablate.py --workdir studies/x -opt BASE.yml --spn SPN.yml --iters N --seeds 0 1 2``.
 
 Trains the baseline, its SPN twin and any ``--variant LABEL [FILE.yml] KEY=VALUE ...`` with each seed through
-``tools/train.py`` (one after the other, or ``--launch print`` to print the commands and ``--collect`` later), then
-writes ``results.csv``, ``results.md``, ``results.png`` and ``study.json`` in the study folder: validation metrics
-per variant (final and best; mean and std over seeds; difference to the baseline; paired difference over seeds).
+``python -m mclir_plugin.commands.train`` (one after the other, or ``--launch print`` to print the commands and
+``--collect`` later), then writes ``results.csv``, ``results.md``, ``results.png`` and ``study.json`` in the study
+folder: validation metrics per variant (final and best; mean and std over seeds; difference to the baseline; paired
+difference over seeds).
 See ``mclir_plugin/commands/ablate.py`` for the options, resuming and the formats.
 """
 import sys

@@ -44,6 +44,8 @@ import torch.nn.functional as F
 from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
 
+from mclir_plugin.archs.frozen_cache import FrozenNegativeCache
+
 _NARROW, _WIDE = [24, 48, 96, 48, 24], [48, 96, 192, 96, 48]
 _ATTN = [1 / 4, 1 / 2, 3 / 4, 0, 0]
 # The upstream factory functions; every variant uses window 8, mlp_ratios [2, 4, 4, 2, 2] and heads [2, 4, 6, 1, 1].
@@ -119,14 +121,16 @@ def relative_log_positions(window_size: int) -> torch.Tensor:
     return torch.sign(rel) * torch.log(1. + rel.abs())
 
 
-class WindowAttention(nn.Module):
+class WindowAttention(FrozenNegativeCache, nn.Module):
     """Multi-head self-attention inside a window, with a relative bias predicted by an MLP from log offsets.
 
     .. math::
 
         \\operatorname{softmax}(q k^T / \\sqrt{d_h} + \\operatorname{MLP}(\\log\\text{-offsets})) \\, v
 
-    q, k and v come straight from the caller's 1x1 convolutions (no projection here).
+    q, k and v come straight from the caller's 1x1 convolutions (no projection here). In a frozen negative
+    (:meth:`~mclir_plugin.archs.frozen_cache.FrozenNegativeCache.freeze_for_negative`) the MLP's bias is computed once
+    per state of its weights and added to the logits in place.
 
     Args:
         dim: Channels of each of q, k and v.
@@ -145,9 +149,12 @@ class WindowAttention(nn.Module):
         """(windows, N, 3 * dim) with channels [q, k, v] -> (windows, N, dim)."""
         num_win, n, _ = qkv.shape
         q, k, v = qkv.reshape(num_win, n, 3, self.num_heads, self.dim // self.num_heads).permute(2, 0, 3, 1, 4)
-        bias = self.meta(self.relative_positions).permute(2, 0, 1)  # (heads, N, N)
-        attn = torch.softmax((q * self.scale) @ k.transpose(-2, -1) + bias, dim=-1)
+        attn = torch.softmax(self.add_bias((q * self.scale) @ k.transpose(-2, -1), self._bias, cache=True), dim=-1)
         return (attn @ v).transpose(1, 2).reshape(num_win, n, self.dim)
+
+    def _bias(self) -> torch.Tensor:
+        """The relative bias, (heads, N, N)."""
+        return self.meta(self.relative_positions).permute(2, 0, 1)
 
 
 def window_partition(x: torch.Tensor, ws: int) -> torch.Tensor:

@@ -51,6 +51,8 @@ from basicsr.utils.registry import ARCH_REGISTRY
 from torch import Tensor, nn
 from torch.utils import checkpoint
 
+from mclir_plugin.archs.frozen_cache import FrozenNegativeCache
+
 SPATIAL_WINDOW = 8  # window side of the spatial layers: upstream never overrides it, whatever win_size is
 ENC_BLOCKS, DEC_BLOCKS = (3, 3, 2, 2), (1, 2, 2, 3)  # window blocks per stage, hard-coded upstream
 ENC_K_BOUNDS, DEC_K_BOUNDS = (16, 8, 4, 2), (2, 4, 8, 16)  # clamp of the spatial layers' relative positions
@@ -168,7 +170,7 @@ class LinearProjection(nn.Module):
         return q, k, v, v_r.transpose(-1, -2).reshape(b, c, side, side)  # head-major channels
 
 
-class WindowAttention(nn.Module):
+class WindowAttention(FrozenNegativeCache, nn.Module):
     """Relative-position enhanced multi-head self-attention over one square window of ``win_size^2`` tokens.
 
     .. math::
@@ -179,7 +181,9 @@ class WindowAttention(nn.Module):
 
     with ``d = dim / num_heads``, ``T`` the learnt ((2k-1)^2, heads) table (``k = k_bound``, see
     :func:`relative_position_index`), and ``PE`` a depthwise conv (5x5, 3x3 or 1x1 as the window allows) followed by
-    a 1x1 conv grouped by head, applied to ``v_r`` laid out as a window-shaped map.
+    a 1x1 conv grouped by head, applied to ``v_r`` laid out as a window-shaped map. In a frozen negative
+    (:meth:`~mclir_plugin.archs.frozen_cache.FrozenNegativeCache.freeze_for_negative`) ``B`` is added to the logits in
+    place (gathering it is too cheap to cache).
 
     Args:
         dim: Token width.
@@ -215,10 +219,15 @@ class WindowAttention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         b, n, c = x.shape
         q, k, v, v_r = self.qkv(x)
-        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)].view(n, n, -1)
-        attn = torch.softmax((q * self.scale) @ k.transpose(-2, -1) + bias.permute(2, 0, 1).unsqueeze(0), dim=-1)
+        attn = torch.softmax(self.add_bias((q * self.scale) @ k.transpose(-2, -1), self._bias), dim=-1)
         position = self.Position_Extract(v_r).reshape(b, c, n).transpose(1, 2)
         return self.proj((attn @ v).transpose(1, 2).reshape(b, n, c) + position)
+
+    def _bias(self) -> Tensor:
+        """``B``, (1, heads, N, N)."""
+        n = self.relative_position_index.shape[0]
+        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)].view(n, n, -1)
+        return bias.permute(2, 0, 1).unsqueeze(0)
 
 
 class LeFF(nn.Module):

@@ -1,7 +1,7 @@
 """Compare training runs: validation metrics (best, last, difference to a baseline) and curves.
 
-``python tools/compare.py experiments/baseline experiments/spn [more runs ...]`` reads each run folder made by
-``tools/train.py`` (BasicSR's ``experiments/<name>``) and writes, under ``--out`` (default
+``python tools/compare.py experiments/baseline experiments/spn [more runs ...]`` (or ``mclir-compare``) reads each
+run folder made by ``tools/train.py`` (BasicSR's ``experiments/<name>``) and writes, under ``--out`` (default
 ``results/compare_<first>_vs_<second>``, or ``..._vs_<k>_runs`` for more than two):
 
 * ``compare.csv``: one row per dataset x metric x run, columns ``dataset, metric, run, best, best_iter, last,
@@ -16,406 +16,24 @@ The table is also printed. Options: ``--labels`` (names of the runs in the outpu
 ``--source auto|log|tb``, ``--tb-root`` (the ``tb_logger`` folder, default ``<run>/../../tb_logger``),
 ``--metric`` (the validation metric plotted), ``--out``.
 
-Sources. ``log`` reads BasicSR's text logs ``<run>/train_<name>_<YYYYmmdd_HHMMSS>.log``: training lines
-``[epoch: e, iter: i, lr:(...)] [eta: ...] l_pix: v l_neg: v ...`` and validation blocks ``Validation <dataset>``
-followed by ``# <metric>: <value>  Best: <value> @ <iter> iter`` lines. A validation block carries no iteration of
-its own: where its value is the best so far, the ``@ <iter>`` is that iteration; otherwise it is the first multiple
-of ``val_freq`` (read from the option dump at the top of the log) after the previous validation and not before the
-last logged training iteration. The validation BasicSR runs after training counts at the last trained iteration
-(``total_iter``), not at the larger step BasicSR gives it (``total_iter + 1`` or more), so that "last" is the final
-network. A run resumed several times has several log files: they are merged in time order, each file replacing
-what earlier files logged after the iteration it resumed from.
-
-``tb`` reads the TensorBoard events ``tb_logger/<name>`` (tags ``losses/<key>`` and ``metrics/<dataset>/<metric>``)
-at the steps written there: the validation after training is at BasicSR's step (``total_iter + 1`` or more), and of
-a resumed run TensorBoard drops a tag's steps from the first step the resumed run wrote again, but keeps those the
-first run logged between the resume point and that step (the events do not record where a run resumed; the text
-logs do). ``auto`` (the default) therefore prefers the text logs, which every run has, and falls back to the events
-when the folder holds no log (or is itself a TensorBoard folder).
-
-"Best" is the highest value, or the lowest for metrics where lower is better (names in :data:`LOWER_IS_BETTER`);
-on ties the earliest iteration.
+This module is the command line; the work is done by :mod:`mclir_plugin.studies`: the logs and events are read by
+:mod:`~mclir_plugin.studies.run_logs` (its docstring says which lines, and how resumed runs are merged), best and
+last by :mod:`~mclir_plugin.studies.statistics` (lower is better for the metrics in its ``LOWER_IS_BETTER``),
+the table by :mod:`~mclir_plugin.studies.report`, the picture by :mod:`~mclir_plugin.studies.plots`.
 """
 from __future__ import annotations
 
 import argparse
-import csv
-import glob
-import math
 import os
-import re
 import sys
-from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Sequence
 
-#: Training curves plotted, in this order, when a run logged them.
-TRAIN_KEYS = ('l_pix', 'l_neg', 'l_neg_ratio')
-#: Validation metrics where a smaller value is better (matched on the metric's name in ``val.metrics``).
-LOWER_IS_BETTER = frozenset({'niqe', 'lpips', 'fid', 'dists', 'brisque', 'pi', 'mse', 'mae'})
-#: Size of one plot panel in inches, and the resolution: a panel is 500 x 350 pixels.
-PANEL_SIZE = (5.0, 3.5)
-DPI = 100
-PANELS_PER_ROW = 3
-CSV_COLUMNS = ('dataset', 'metric', 'run', 'best', 'best_iter', 'last', 'last_iter', 'delta_best', 'delta_last')
-
-Series = dict[int, float]
-
-_RECORD = re.compile(r'^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2},\d{3} [A-Z]+: (.*)$')
-_TRAIN = re.compile(r'\[epoch:\s*-?\d+, iter:\s*([\d,]+), lr:\(([^)]*)\)\]')
-_VALIDATION = re.compile(r'^Validation (.+?)\s*$')
-_METRIC = re.compile(r'^\s*# (\S+): (\S+)(?:\s+Best: (\S+) @ (-?\d+) iter)?')
-_START = re.compile(r'(?:Start|Resuming) training from epoch: \d+, iter: (\d+)')
-_TOTAL = re.compile(r'Total epochs: \d+; iters: (\d+)\.')
-_OPTION = re.compile(r'^\s+(val_freq|print_freq): (\S+)\s*$')
-_LOG_TIME = re.compile(r'_(\d{8}_\d{6})\.log$')
-
-
-@dataclass
-class LogPart:
-    """What one text log holds: ``start`` is the iteration it started or resumed from (None: no training)."""
-
-    path: str
-    start: int | None = None
-    total: int | None = None
-    train: dict[str, Series] = field(default_factory=dict)
-    val: dict[str, dict[str, Series]] = field(default_factory=dict)
-
-
-@dataclass
-class RunHistory:
-    """The merged history of one run.
-
-    Attributes:
-        label: Name of the run in tables and plots.
-        path: The run folder (or TensorBoard folder) read.
-        source: ``'log'`` or ``'tb'``.
-        files: The files read, in merge order.
-        train: ``{key: {iter: value}}`` of the training lines (``l_pix``, ``l_neg``, ``lr``, ...).
-        val: ``{dataset: {metric: {iter: value}}}`` of the validations.
-    """
-
-    label: str
-    path: str
-    source: str
-    files: list[str]
-    train: dict[str, Series]
-    val: dict[str, dict[str, Series]]
-
-
-class CompareError(ValueError):
-    """A run folder or option that cannot be compared; the message names it and the fix."""
-
-
-# ---------------------------------------------------------------------------------------------- text logs
-def find_log_files(run_dir: str) -> list[str]:
-    """The ``train_*.log`` files of ``run_dir`` in the order they were started (time in the name, else mtime)."""
-    paths = glob.glob(os.path.join(glob.escape(run_dir), 'train_*.log'))
-
-    def started(path: str) -> tuple[str, float]:
-        match = _LOG_TIME.search(path)
-        return (match.group(1) if match else '', os.path.getmtime(path))
-    return sorted(paths, key=started)
-
-
-class _LogReader:
-    """The line-by-line state of :func:`parse_log_file`."""
-
-    def __init__(self, path: str) -> None:
-        self.part = LogPart(path)
-        self.options: dict[str, int] = {}      # val_freq and print_freq, from the option dump
-        self.last = 0                          # the last training iteration logged
-        self.ended = False                     # after 'End of training.': the final validation
-        self.previous: dict[str, int] = {}     # the iteration of each dataset's last validation
-        self.block: tuple[str, list[tuple[str, ...]]] | None = None  # an open validation block
-
-    def feed(self, line: str) -> None:
-        total = _TOTAL.search(line)
-        if total:
-            self.part.total = int(total.group(1))
-        record = _RECORD.match(line)
-        if record is None:  # a continuation line: the option dump, or the metrics of a validation block
-            option, metric = _OPTION.match(line), _METRIC.match(line)
-            if option and self.part.start is None and re.fullmatch(r'[0-9.e+]+', option.group(2)):
-                self.options[option.group(1)] = int(float(option.group(2)))  # '5000.0' from !!float 5e3
-            if metric and self.block:
-                self.block[1].append(metric.groups())
-            return
-        self.close_block()
-        message = record.group(1)
-        start, train, validation = _START.search(message), _TRAIN.search(message), _VALIDATION.match(message)
-        if start:
-            self.part.start = self.last = int(start.group(1))
-        elif train:
-            self.last = int(train.group(1).replace(',', ''))
-            _record_train_line(self.part, self.last, train.group(2), message[message.rindex(']') + 1:])
-        elif validation and self.part.start is not None:
-            self.block = (validation.group(1), [])
-        elif message.startswith('End of training.'):
-            self.ended = True
-
-    def close_block(self) -> None:
-        """Store the metrics of the open validation block at its iteration."""
-        if self.block is None:
-            return
-        (dataset, lines), self.block = self.block, None
-        iteration = self.previous[dataset] = self._block_iteration(dataset, lines)
-        for metric, value, _, _ in lines:
-            self.part.val.setdefault(dataset, {}).setdefault(metric, {})[iteration] = float(value)
-
-    def _block_iteration(self, dataset: str, lines: list[tuple[str, ...]]) -> int:
-        """The iteration of a validation block; see the module docstring.
-
-        BasicSR prints ``Best: <value> @ <iter>``: where the best is this very value, ``<iter>`` is the iteration
-        BasicSR validated at, exact if not below the last logged one. Otherwise an in-loop validation is at the next
-        multiple of ``val_freq``, and the final one at ``total_iter`` if the logged iterations reached it (a loader
-        that runs dry first, on tiny data, stops earlier: then the last logged iteration).
-        """
-        previous = self.previous.get(dataset, self.part.start or 0)
-        lower = max(self.last, previous if self.ended else previous + 1)
-        stated = [int(at) for _, value, best, at in lines if best == value and at is not None and int(at) >= lower]
-        total, val_freq, print_freq = self.part.total, self.options.get('val_freq'), self.options.get('print_freq')
-        if self.ended:
-            if stated:
-                return min(stated[0], total) if total else stated[0]
-            reached = total is not None and (not print_freq or self.last >= total - total % print_freq)
-            return total if reached else lower
-        if stated:
-            return stated[0]
-        return math.ceil(lower / val_freq) * val_freq if val_freq else lower
-
-
-def parse_log_file(path: str) -> LogPart:
-    """Parse one BasicSR training log (see the module docstring for the lines read)."""
-    reader = _LogReader(path)
-    with open(path, encoding='utf-8', errors='replace') as file:
-        for line in file:
-            reader.feed(line)
-    reader.close_block()
-    return reader.part
-
-
-def _record_train_line(part: LogPart, iteration: int, lrs: str, values: str) -> None:
-    """Store ``lr`` (the first group's) and every ``key: value`` pair of a training line."""
-    first_lr = lrs.split(',')[0].strip()
-    if first_lr:
-        part.train.setdefault('lr', {})[iteration] = float(first_lr)
-    for key, value in re.findall(r'(\w+): (\S+)', values):
-        try:
-            part.train.setdefault(key, {})[iteration] = float(value)
-        except ValueError:
-            continue
-
-
-def _truncate(series: Series, after: int) -> None:
-    for iteration in [i for i in series if i > after]:
-        del series[iteration]
-
-
-def merge_log_parts(parts: Sequence[LogPart]) -> tuple[dict[str, Series], dict[str, dict[str, Series]]]:
-    """Merge the parts of a resumed run, oldest first: each part replaces what came after its start."""
-    train: dict[str, Series] = {}
-    val: dict[str, dict[str, Series]] = {}
-    for part in parts:
-        if part.start is None:
-            continue  # a run that stopped before training (bad options, missing data): nothing logged
-        for series in [*train.values(), *(s for metrics in val.values() for s in metrics.values())]:
-            _truncate(series, part.start)
-        for key, series in part.train.items():
-            train.setdefault(key, {}).update(series)
-        for dataset, metrics in part.val.items():
-            for metric, series in metrics.items():
-                val.setdefault(dataset, {}).setdefault(metric, {}).update(series)
-    return _sorted(train), {d: _sorted(m) for d, m in val.items()}
-
-
-def _sorted(curves: dict[str, Series]) -> dict[str, Series]:
-    return {key: dict(sorted(series.items())) for key, series in curves.items() if series}
-
-
-# ---------------------------------------------------------------------------------------------- tensorboard
-def has_tb_events(folder: str) -> bool:
-    """Whether ``folder`` holds TensorBoard event files."""
-    return bool(glob.glob(os.path.join(glob.escape(folder), 'events.out.tfevents.*')))
-
-
-def read_tb_events(tb_dir: str) -> tuple[dict[str, Series], dict[str, dict[str, Series]]]:
-    """``(train, val)`` curves from BasicSR's TensorBoard tags ``losses/<key>``, ``metrics/<dataset>/<metric>``."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    events = EventAccumulator(tb_dir, size_guidance={'scalars': 0})
-    events.Reload()
-    train: dict[str, Series] = {}
-    val: dict[str, dict[str, Series]] = {}
-    for tag in events.Tags()['scalars']:
-        series = {int(e.step): float(e.value) for e in events.Scalars(tag)}
-        if tag.startswith('metrics/') and tag.count('/') >= 2:
-            dataset, metric = tag[len('metrics/'):].rsplit('/', 1)
-            val.setdefault(dataset, {})[metric] = series
-        else:
-            train[tag[len('losses/'):] if tag.startswith('losses/') else tag] = series
-    return _sorted(train), {d: _sorted(m) for d, m in val.items()}
-
-
-# ---------------------------------------------------------------------------------------------- runs
-def load_run(path: str, label: str | None = None, source: str = 'auto', tb_root: str | None = None) -> RunHistory:
-    """Read one run folder (``experiments/<name>``) or TensorBoard folder (``tb_logger/<name>``).
-
-    Args:
-        path: The folder.
-        label: Its name in the outputs. Defaults to the folder's name.
-        source: ``'log'``, ``'tb'`` or ``'auto'`` (text logs, else TensorBoard events). Defaults to ``'auto'``.
-        tb_root: The folder holding ``<name>/events.out.tfevents.*``. Defaults to ``<path>/../../tb_logger``.
-
-    Returns:
-        RunHistory: The merged curves.
-    """
-    path = os.path.normpath(path)
-    if not os.path.isdir(path):
-        raise CompareError(f'Run folder {path!r} does not exist: pass experiments/<name> folders made by '
-                           'tools/train.py.')
-    name = os.path.basename(path)
-    tb_dir = path if has_tb_events(path) else \
-        os.path.join(tb_root or os.path.join(os.path.dirname(os.path.dirname(path)), 'tb_logger'), name)
-    logs = find_log_files(path)
-    if source == 'log' or (source == 'auto' and logs):
-        if not logs:
-            raise CompareError(f'Run folder {path!r} holds no BasicSR training log (train_*.log): pass a folder '
-                               'experiments/<name> made by tools/train.py, or use --source tb for TensorBoard events.')
-        train, val = merge_log_parts([parse_log_file(log) for log in logs])
-        return RunHistory(label or name, path, 'log', logs, train, val)
-    if not has_tb_events(tb_dir):
-        raise CompareError(f'Run folder {path!r} holds no BasicSR training log (train_*.log) and there are no '
-                           f'TensorBoard events in {tb_dir!r}: pass a folder experiments/<name> made by '
-                           'tools/train.py (or give --tb-root, the folder that holds tb_logger/<name>).')
-    train, val = read_tb_events(tb_dir)
-    files = sorted(glob.glob(os.path.join(glob.escape(tb_dir), 'events.out.tfevents.*')))
-    return RunHistory(label or name, path, 'tb', files, train, val)
-
-
-def _best(series: Series, metric: str) -> tuple[int, float]:
-    """``(iteration, value)`` of the best point (the earliest on ties)."""
-    lower = metric.lower() in LOWER_IS_BETTER
-    best_iter = min(series, key=lambda i: (series[i] if lower else -series[i], i))
-    return best_iter, series[best_iter]
-
-
-def _ordered_union(groups: Iterable[Iterable[str]]) -> list[str]:
-    seen: dict[str, None] = {}
-    for group in groups:
-        seen.update(dict.fromkeys(group))
-    return list(seen)
-
-
-def summarise(runs: Sequence[RunHistory]) -> list[dict]:
-    """One row per dataset x metric x run (see ``CSV_COLUMNS``); deltas against ``runs[0]``."""
-    rows = []
-    for dataset in _ordered_union(run.val for run in runs):
-        for metric in _ordered_union(run.val.get(dataset, {}) for run in runs):
-            base = runs[0].val.get(dataset, {}).get(metric)
-            base_best, base_last = (_best(base, metric)[1], base[max(base)]) if base else (None, None)
-            for index, run in enumerate(runs):
-                series = run.val.get(dataset, {}).get(metric)
-                if not series:
-                    continue
-                best_iter, best = _best(series, metric)
-                last_iter = max(series)
-                compared = index > 0 and base is not None
-                rows.append({'dataset': dataset, 'metric': metric, 'run': run.label, 'baseline': index == 0,
-                             'best': best, 'best_iter': best_iter, 'last': series[last_iter], 'last_iter': last_iter,
-                             'delta_best': best - base_best if compared else None,
-                             'delta_last': series[last_iter] - base_last if compared else None})
-    return rows
-
-
-# ---------------------------------------------------------------------------------------------- outputs
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], markdown: bool = False) -> str:
-    """A plain text table (columns padded) or a Markdown table of strings."""
-    if markdown:
-        lines = [headers, ['---'] * len(headers), *rows]
-        return '\n'.join('| ' + ' | '.join(str(c) for c in line) + ' |' for line in lines)
-    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
-    return '\n'.join('  '.join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip()
-                     for line in [headers, ['-' * w for w in widths], *rows])
-
-
-def _number(value: float | None, signed: bool = False) -> str:
-    if value is None:
-        return ''
-    return f'{value:+.4f}' if signed else f'{value:.4f}'
-
-
-def table_cells(rows: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
-    """Headers and cells of the printed table (4 decimals, like BasicSR's log)."""
-    headers = ['dataset', 'metric', 'run', 'best', '@iter', 'last', '@iter', 'Δbest', 'Δlast']
-    missing = {True: 'baseline', False: 'n/a'}  # n/a: the baseline has no such dataset or metric
-    cells = [[r['dataset'], r['metric'], r['run'], _number(r['best']), str(r['best_iter']), _number(r['last']),
-              str(r['last_iter']), _number(r['delta_best'], True) or missing[r['baseline']],
-              _number(r['delta_last'], True) or missing[r['baseline']]] for r in rows]
-    return headers, cells
-
-
-def write_csv(path: str, rows: Sequence[dict]) -> None:
-    """Write the summary rows with full precision (``repr`` of the parsed floats; empty for no value)."""
-    with open(path, 'w', newline='', encoding='utf-8') as file:
-        writer = csv.DictWriter(file, fieldnames=CSV_COLUMNS)
-        writer.writeheader()
-        writer.writerows({k: ('' if r[k] is None else r[k]) for k in CSV_COLUMNS} for r in rows)
-
-
-def write_markdown(path: str, runs: Sequence[RunHistory], rows: Sequence[dict]) -> None:
-    """The table in Markdown, after a list of the runs and their sources."""
-    lines = ['# Run comparison', '', f'Baseline: `{runs[0].label}`. Δ = run − baseline (dB for PSNR).', '']
-    lines += [f'- `{run.label}`: {run.path} ({describe_source(run)})' for run in runs]
-    headers, cells = table_cells(rows)
-    lines += ['', format_table(headers, cells, markdown=True) if rows else '_No validation results._', '']
-    with open(path, 'w', encoding='utf-8') as file:
-        file.write('\n'.join(lines))
-
-
-def describe_source(run: RunHistory) -> str:
-    """E.g. ``text log, 2 files, iterations 1-8``."""
-    kind = 'text log' if run.source == 'log' else 'TensorBoard events'
-    iters = [i for series in run.train.values() for i in series]
-    span = f', iterations {min(iters)}-{max(iters)}' if iters else ', no training lines'
-    return f'{kind}, {len(run.files)} file{"s" if len(run.files) != 1 else ""}{span}'
-
-
-def plot_runs(runs: Sequence[RunHistory], path: str, metric: str = 'psnr') -> tuple[int, int]:
-    """Write the curves to a PNG; return its size ``(width, height)`` in pixels.
-
-    One panel per validation dataset (``metric`` if a run has it there, else that dataset's first metric), then one
-    per training key of :data:`TRAIN_KEYS` that some run logged; each run is one line.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    panels = []
-    for dataset in _ordered_union(run.val for run in runs):
-        names = _ordered_union(run.val.get(dataset, {}) for run in runs)
-        shown = metric if metric in names else names[0]
-        panels.append((f'{dataset}: {shown}', [run.val.get(dataset, {}).get(shown, {}) for run in runs]))
-    panels += [(key, [run.train.get(key, {}) for run in runs]) for key in TRAIN_KEYS
-               if any(run.train.get(key) for run in runs)]
-    if not panels:
-        raise CompareError('Nothing to plot: no run has validation results or training losses in its logs.')
-    cols = min(PANELS_PER_ROW, len(panels))
-    rows = math.ceil(len(panels) / cols)
-    figure = Figure(figsize=(PANEL_SIZE[0] * cols, PANEL_SIZE[1] * rows), dpi=DPI)
-    FigureCanvasAgg(figure)
-    for index, (title, curves) in enumerate(panels, start=1):
-        axes = figure.add_subplot(rows, cols, index)
-        for colour, (run, series) in enumerate(zip(runs, curves)):
-            if series:  # colour by run index: a run keeps its colour in panels where others have no curve
-                axes.plot(list(series), list(series.values()), marker='o' if len(series) <= 30 else None,
-                          markersize=3, color=f'C{colour % 10}', label=run.label)
-        axes.set_title(title, fontsize=10)
-        axes.set_xlabel('iteration', fontsize=9)
-        axes.grid(alpha=0.3)
-        axes.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=DPI)
-    width, height = figure.get_size_inches() * DPI
-    return round(width), round(height)
+from mclir_plugin.studies import StudyError
+from mclir_plugin.studies.plots import plot_runs
+from mclir_plugin.studies.report import compare_cells, write_compare_csv, write_compare_markdown
+from mclir_plugin.studies.run_logs import RunHistory, describe_source, load_run
+from mclir_plugin.studies.statistics import compare_rows
+from mclir_plugin.utils.tables import format_table
 
 
 def default_out(runs: Sequence[RunHistory]) -> str:
@@ -442,28 +60,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def compare(args: argparse.Namespace) -> str:
+    """Read the runs, print the table and write the outputs; return the closing line's list of what was written."""
+    if args.labels and len(args.labels) != len(args.runs):
+        raise StudyError(f'--labels has {len(args.labels)} names for {len(args.runs)} runs: give one per run.')
+    labels = args.labels or [None] * len(args.runs)
+    runs = [load_run(path, label, args.source, args.tb_root) for path, label in zip(args.runs, labels)]
+    out = args.out or default_out(runs)
+    os.makedirs(out, exist_ok=True)
+    rows = compare_rows(runs)
+    for run in runs:
+        print(f'{run.label}: {run.path} ({describe_source(run)})')
+    print(f'\nBaseline {runs[0].label}; Δ = run - baseline (dB for PSNR)')
+    print(format_table(*compare_cells(rows)) if rows else 'No validation results in these runs.')
+    write_compare_csv(os.path.join(out, 'compare.csv'), rows)
+    write_compare_markdown(os.path.join(out, 'compare.md'), runs, rows)
+    width, height = plot_runs(runs, os.path.join(out, 'compare.png'), args.metric)
+    return f'{out}/compare.csv, compare.md and compare.png ({width}x{height} px)'
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the comparison command line (see the module docstring)."""
+    """Run the comparison command line (see the module docstring); return the exit status (2: an error)."""
     args = build_parser().parse_args(argv)
     try:
-        if args.labels and len(args.labels) != len(args.runs):
-            raise CompareError(f'--labels has {len(args.labels)} names for {len(args.runs)} runs: give one per run.')
-        labels = args.labels or [None] * len(args.runs)
-        runs = [load_run(path, label, args.source, args.tb_root) for path, label in zip(args.runs, labels)]
-        out = args.out or default_out(runs)
-        os.makedirs(out, exist_ok=True)
-        rows = summarise(runs)
-        for run in runs:
-            print(f'{run.label}: {run.path} ({describe_source(run)})')
-        print(f'\nBaseline {runs[0].label}; Δ = run - baseline (dB for PSNR)')
-        print(format_table(*table_cells(rows)) if rows else 'No validation results in these runs.')
-        write_csv(os.path.join(out, 'compare.csv'), rows)
-        write_markdown(os.path.join(out, 'compare.md'), runs, rows)
-        width, height = plot_runs(runs, os.path.join(out, 'compare.png'), args.metric)
-    except CompareError as err:
+        written = compare(args)
+    except StudyError as err:
         print(f'tools/compare.py: error: {err}', file=sys.stderr)
         return 2
-    print(f'\nWrote {out}/compare.csv, compare.md and compare.png ({width}x{height} px)')
+    print(f'\nWrote {written}')
     return 0
 
 

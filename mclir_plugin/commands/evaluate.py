@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import inspect
 import json
 import logging
@@ -65,6 +64,7 @@ from typing import Any, Sequence
 import mclir_plugin  # noqa: F401  (compat shim and registration)
 from mclir_plugin.compat import normalise_local_rank_argv
 from mclir_plugin.metrics.float_metrics import is_float_protocol
+from mclir_plugin.utils.tables import format_table, number, write_csv
 
 PARAM_KEYS = ('auto', 'params_ema', 'params')
 DATASET_PHASES = ('val', 'test')
@@ -95,31 +95,23 @@ def build_parser() -> argparse.ArgumentParser:
 def load_options(path: str, overrides: Sequence[str] | None = None) -> dict[str, Any]:
     """Read a BasicSR option file and apply ``--force_yml`` entries ``key:key=value``.
 
-    Values are read by :func:`mclir_plugin.utils.options.parse_override_value`, as train's ``--force_yml`` reads them.
+    Entries are applied by :func:`mclir_plugin.utils.overrides.apply_override`, values read by
+    :func:`mclir_plugin.utils.options.parse_override_value`, as train's ``--force_yml`` reads them.
     """
     import yaml
     from basicsr.utils.options import ordered_yaml
     from mclir_plugin.utils.option_imports import import_option_modules
-    from mclir_plugin.utils.options import parse_override_value
+    from mclir_plugin.utils.overrides import OverrideError, apply_override
 
     if not os.path.isfile(path):
         raise EvalError(f'Option file {path!r} does not exist.')
     with open(path, encoding='utf-8') as file:
         opt = yaml.load(file, Loader=ordered_yaml()[0])
-    for entry in overrides or ():
-        keys, sep, value = entry.partition('=')
-        if not sep:
-            raise EvalError(f'--force_yml {entry!r}: write key:key=value.')
-        *parents, leaf = [k.strip() for k in keys.split(':')]
-        node = opt
-        for key in parents:
-            if not isinstance(node.get(key), dict):
-                raise EvalError(f'--force_yml {entry!r}: {path} has no block {key!r} there.')
-            node = node[key]
-        try:
-            node[leaf] = parse_override_value(value)
-        except ValueError as err:
-            raise EvalError(f'--force_yml {entry!r}: {err}') from None
+    try:
+        for entry in overrides or ():
+            apply_override(opt, entry, '--force_yml')
+    except OverrideError as err:
+        raise EvalError(f'{err} (option file {path})') from None
     try:
         import_option_modules(opt)  # mclir.import_modules (e.g. realesrgan) before the model is built
     except (ModuleNotFoundError, TypeError) as err:
@@ -346,14 +338,6 @@ def mean_values(rows: Sequence[dict], names: Sequence[str]) -> dict[str, float |
     return means
 
 
-def write_rows_csv(path: str, columns: Sequence[str], rows: Sequence[dict]) -> None:
-    """CSV with ``columns``; floats written with ``repr`` (exact), None as an empty cell."""
-    with open(path, 'w', newline='', encoding='utf-8') as file:
-        writer = csv.DictWriter(file, fieldnames=list(columns), extrasaction='ignore')
-        writer.writeheader()
-        writer.writerows({k: ('' if r.get(k) is None else r[k]) for k in columns} for r in rows)
-
-
 def _setup_logger(out: str):
     """BasicSR's logger writing INFO to ``<out>/eval_<time>.log`` and only warnings to the console."""
     from basicsr.utils import get_root_logger, get_time_str
@@ -406,12 +390,12 @@ def evaluate(args: argparse.Namespace, root_path: str) -> list[dict]:
             save_dir = os.path.join(out, label, dataset) if args.save_images else None
             start = time.time()
             rows = evaluate_loader(model, loader, metrics, save_dir, desc=f'{label} {block["name"]}')
-            write_rows_csv(os.path.join(out, label, f'{dataset}.csv'), ['image', *names], rows)
+            write_csv(os.path.join(out, label, f'{dataset}.csv'), ['image', *names], rows)
             means = mean_values(rows, names)
             summary.append({'checkpoint': label, 'path': os.path.abspath(path), 'param_key': key or 'none',
                             'dataset': block['name'], 'images': len(rows), **means})
             results.append({**summary[-1], 'seconds': round(time.time() - start, 3), 'per_image': rows})
-    write_rows_csv(os.path.join(out, 'summary.csv'), ['checkpoint', 'path', 'param_key', 'dataset', 'images', *names],
+    write_csv(os.path.join(out, 'summary.csv'), ['checkpoint', 'path', 'param_key', 'dataset', 'images', *names],
                    summary)
     with open(os.path.join(out, 'summary.json'), 'w', encoding='utf-8') as file:
         json.dump({'option_file': os.path.abspath(args.opt), 'model_type': test_opt['model_type'],
@@ -422,11 +406,9 @@ def evaluate(args: argparse.Namespace, root_path: str) -> list[dict]:
 
 def print_summary(summary: Sequence[dict], names: Sequence[str], out: str) -> None:
     """The final table of means (4 decimals, as BasicSR logs them)."""
-    from mclir_plugin.commands.compare import format_table
-
     headers = ['checkpoint', 'param_key', 'dataset', 'images', *names]
     cells = [[r['checkpoint'], r['param_key'], r['dataset'], str(r['images']),
-              *('' if r[n] is None else f'{r[n]:.4f}' for n in names)] for r in summary]
+              *(number(r[n]) for n in names)] for r in summary]
     print('\n' + format_table(headers, cells))
     print(f'\nWrote {out}: <checkpoint>/<dataset>.csv per image, summary.csv and summary.json')
 

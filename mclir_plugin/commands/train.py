@@ -15,15 +15,15 @@ import sys
 import mclir_plugin  # noqa: F401  (compat shim and registration, before basicsr's pipeline)
 from mclir_plugin.compat import normalise_local_rank_argv
 from mclir_plugin.utils.distributed import naming_the_stall
-from mclir_plugin.utils.options import remember_option_file
+from mclir_plugin.utils.options import naming_option_file, option_file_in
 
 
 def main(root_path: str | None = None) -> None:
     """Run BasicSR's training pipeline on the options named by ``-opt`` in ``sys.argv``."""
     from basicsr.train import train_pipeline
     normalise_local_rank_argv()
-    remember_option_file(sys.argv)
-    with naming_the_stall():  # a rank that stalls or dies ends the others with its rank and iteration
+    # option errors name the -opt file, for this run only; a stalled or dead rank ends the others, naming itself
+    with naming_option_file(option_file_in(sys.argv)), naming_the_stall():
         train_pipeline(os.path.abspath(root_path or os.getcwd()))
 
 

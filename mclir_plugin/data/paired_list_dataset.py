@@ -50,6 +50,7 @@ from basicsr.utils.registry import DATASET_REGISTRY
 from mclir_plugin.data.image_io import FILE_FIX, LMDB_FIX, decode_image
 from mclir_plugin.data.lmdb_writer import LmdbMismatchError, check_lmdb, key_to_path, path_to_key, shared_env
 from mclir_plugin.data.pair_layouts import PairLine, read_pair_list
+from mclir_plugin.utils.option_schema import Boolean, Choice, Integer, Optional, OptionError, check_options
 
 GT_CROPS = ('center', 'topleft', 'none')
 BACKENDS = ('disk', 'lmdb')
@@ -157,24 +158,32 @@ class PairedListDataset(data.Dataset):
     joined to its root; for lmdb the root is the lmdb folder).
     """
 
+    OPTIONS = {  # the typed keys of the block (list_file and the roots are checked as paths below)
+        'scale': Optional(Integer(low=1)),
+        'gt_size': Optional(Integer(low=1)),
+        'gt_crop': Choice(*GT_CROPS),
+        'min_size_policy': Choice(*MIN_SIZE_POLICIES),
+        'use_hflip': Boolean(),
+        'use_rot': Boolean(),
+        'check_files': Boolean(),
+        'io_backend.type': Choice(*BACKENDS),
+    }
+
     def __init__(self, opt: dict) -> None:
         super().__init__()
         self.opt = opt
-        self.scale = int(opt.get('scale') or 1)
-        self.gt_crop = opt.get('gt_crop', 'center')
-        if self.gt_crop not in GT_CROPS:
-            raise ValueError(f"{self._name()}: gt_crop must be one of {GT_CROPS}, got {self.gt_crop!r}")
+        backend = dict(opt.get('io_backend') or {'type': 'disk'})
+        try:
+            checked = check_options(self.OPTIONS, {**opt, 'io_backend.type': backend.pop('type', 'disk')})
+        except OptionError as err:
+            raise err.within(self._name()) from None
+        self.scale = checked.get('scale') or 1
+        self.gt_crop = checked.get('gt_crop', 'center')
         self.train = opt.get('phase') == 'train'
         if self.train and not opt.get('gt_size'):
             raise KeyError(f'{self._name()}: training needs gt_size (the GT patch side), e.g. gt_size: 128')
-        self.min_size_policy = opt.get('min_size_policy', 'skip')
-        if self.min_size_policy not in MIN_SIZE_POLICIES:
-            raise ValueError(f'{self._name()}: min_size_policy must be one of {MIN_SIZE_POLICIES}, got '
-                             f'{self.min_size_policy!r}')
-        backend = dict(opt.get('io_backend') or {'type': 'disk'})
-        self.backend = backend.pop('type', 'disk')
-        if self.backend not in BACKENDS:
-            raise ValueError(f'{self._name()}: io_backend type must be one of {BACKENDS}, got {self.backend!r}')
+        self.min_size_policy = checked.get('min_size_policy', 'skip')
+        self.backend = checked['io_backend.type']
         self.lq_root, self.gt_root = self._roots(opt)
         list_file = opt.get('list_file')
         self.list_file = os.path.expanduser(list_file) if list_file else None
@@ -229,7 +238,7 @@ class PairedListDataset(data.Dataset):
     @property
     def lq_patch(self) -> int:
         """Side of the LQ training patch, ``gt_size // scale`` (what ``paired_random_crop`` cuts)."""
-        return int(self.opt['gt_size']) // self.scale
+        return self.opt['gt_size'] // self.scale
 
     def _where(self, pair: _Pair, side: str) -> str:
         """A pair's file (or lmdb key) and list line, for messages."""

@@ -43,6 +43,9 @@ from basicsr.data.data_util import generate_frame_indices
 from basicsr.utils.matlab_functions import imresize
 from basicsr.utils.registry import DATASET_REGISTRY
 
+from mclir_plugin.utils.option_schema import (Boolean, Check, Choice, Integer, Interval, MappingOf, Number, OneOrList,
+                                              Optional, OptionError, Text)
+
 #: RGB photographs of ``skimage.data`` that load from the wheel (no download). ``cat`` is scikit-image's
 #: alias of ``chelsea``: the very same photograph.
 IMAGE_NAMES = ('astronaut', 'chelsea', 'coffee', 'rocket', 'hubble_deep_field', 'immunohistochemistry', 'retina',
@@ -54,14 +57,8 @@ SR_SCALES = (2, 3, 4)
 
 
 def _check_range(name: str, value: Sequence[float], low: float, high: float) -> tuple[float, float]:
-    """Return ``value`` as a ``(lo, hi)`` tuple with ``low <= lo <= hi <= high``, else raise ValueError."""
-    try:
-        lo, hi = (float(v) for v in value)
-    except (TypeError, ValueError):
-        raise ValueError(f'{name} must be a pair [min, max], got {value!r}') from None
-    if not low <= lo <= hi <= high:
-        raise ValueError(f'{name} must satisfy {low} <= min <= max <= {high}, got {value!r}')
-    return lo, hi
+    """``value`` as a ``(lo, hi)`` tuple with ``low <= lo <= hi <= high``, else an OptionError naming ``name``."""
+    return Interval(low, high)(value, name)
 
 
 def degrade_sr(img: np.ndarray, scale: int) -> np.ndarray:
@@ -199,8 +196,69 @@ def _to_tensor(img: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
 
 
+class _PhotoDataset(data.Dataset):
+    """What both synthetic datasets share: the options they both read, the photographs, BasicSR's flips.
+
+    Every option is checked by a check of :mod:`mclir_plugin.utils.option_schema`, so a bad value reads
+    ``<Dataset>.<key> must be <allowed>, got <value>.`` (see :meth:`option`).
+    """
+
+    OPTIONS = {
+        'phase': Text(),
+        'images': OneOrList(Choice(*IMAGE_NAMES)),
+        'length': Integer(low=1),
+        'seed': Integer(),
+        'use_hflip': Boolean(),
+        'use_rot': Boolean(),
+    }
+    DEFAULTS = {'phase': 'train', 'images': DEFAULT_IMAGES, 'length': 1000, 'seed': 0, 'use_hflip': True,
+                'use_rot': True}
+
+    def __init__(self, opt: dict[str, Any]) -> None:
+        super().__init__()
+        self.opt = opt  # BasicSR's validation reads dataset.opt['name']
+        self.phase = self.option('phase')
+        self.seed = self.option('seed')
+        self.use_hflip, self.use_rot = self.option('use_hflip'), self.option('use_rot')
+        names = self.option('images')
+        self.names = [names] if isinstance(names, str) else names
+        self.images = [_load_image(n) for n in self.names]
+        if self.phase == 'train':
+            self.length = self.option('length')
+
+    def option(self, key: str, check: Check | None = None, default: Any = None) -> Any:
+        """``opt[key]`` checked by ``check`` (else ``OPTIONS[key]``), naming ``<class>.<key>``; when ``opt`` lacks
+        it, ``default`` (else ``DEFAULTS[key]``)."""
+        value = self.opt.get(key, self.DEFAULTS.get(key) if default is None else default)
+        return (check or self.OPTIONS[key])(value, f'{type(self).__name__}.{key}')
+
+    def crop_side(self, key: str, reach: int = 0, whole: bool = False, default: int | None = None) -> int | None:
+        """A crop side ``opt[key]`` (else ``default``): an integer >= 1, a multiple of ``scale``, that with ``reach``
+        more pixels (a moving crop's path) fits in every chosen image; ``whole`` allows ``~`` (the whole image)."""
+        side = Integer(low=1, multiple_of=self.scale, note='the scale')
+        size = self.option(key, Optional(side, note='the whole image') if whole else side, default)
+        for name, img in zip(self.names, self.images):
+            if size is not None and min(img.shape[:2]) < size + reach:
+                moving = f' moved by up to max_shift {self.max_shift} over {self.num_frame} frames' if reach else ''
+                raise ValueError(f'{type(self).__name__}: {key} {size}{moving} needs {size + reach} pixels, more '
+                                 f'than image {name!r} has ({img.shape[0]}x{img.shape[1]})')
+        return size
+
+    def _augment(self, pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """BasicSR's ``augment`` (hflip, vflip, transpose, each with p = 1/2) driven by ``rng``, on the last three
+        axes (H, W, C): an image, or every frame of a clip alike."""
+        hflip, vflip, rot90 = rng.random(3) < 0.5
+        if self.use_hflip and hflip:
+            pixels = pixels[..., ::-1, :]
+        if self.use_rot and vflip:
+            pixels = pixels[..., ::-1, :, :]
+        if self.use_rot and rot90:
+            pixels = pixels.swapaxes(-3, -2)
+        return np.ascontiguousarray(pixels)
+
+
 @DATASET_REGISTRY.register()
-class SyntheticPairedDataset(data.Dataset):
+class SyntheticPairedDataset(_PhotoDataset):
     """Paired (lq, gt) samples made from scikit-image's photographs, for the demo and the tests.
 
     Training (``phase == 'train'``) gives ``length`` samples, each a random ``gt_size`` crop of a random image,
@@ -234,57 +292,21 @@ class SyntheticPairedDataset(data.Dataset):
               ``beta_range``, ``light_range``, ``density_range``). Defaults to {} (their defaults).
     """
 
+    OPTIONS = {**_PhotoDataset.OPTIONS, 'task': Choice(*TASKS),
+               'degradation': Optional(MappingOf(Check(), what='argument', min_length=0))}
+    DEFAULTS = {**_PhotoDataset.DEFAULTS, 'scale': 1, 'gt_size': 96}
+
     def __init__(self, opt: dict[str, Any]) -> None:
-        super().__init__()
-        self.opt = opt  # BasicSR's validation reads dataset.opt['name']
-        self.task = opt.get('task')
-        if self.task not in TASKS:
-            raise ValueError(f"SyntheticPairedDataset: task must be one of {list(TASKS)}, got {self.task!r}")
-        self.phase = opt.get('phase', 'train')
-        self.scale = self._check_scale(opt.get('scale', 1))
-        self.seed = int(opt.get('seed', 0))
-        self.use_hflip = bool(opt.get('use_hflip', True))
-        self.use_rot = bool(opt.get('use_rot', True))
-        self.degradation = self._check_degradation(dict(opt.get('degradation') or {}))
-
-        names = opt.get('images', DEFAULT_IMAGES)
-        self.names = [names] if isinstance(names, str) else list(names)
-        unknown = [n for n in self.names if n not in IMAGE_NAMES]
-        if unknown or not self.names:
-            raise ValueError(f'SyntheticPairedDataset: images must be a non-empty list of names from '
-                             f'{list(IMAGE_NAMES)}, got {self.names!r}')
-        self.images = [_load_image(n) for n in self.names]
-
+        super().__init__(opt)
+        self.task = self.option('task')
+        self.scale = self.option('scale', Choice(*SR_SCALES, note='task sr') if self.task == 'sr' else
+                                 Choice(1, note=f'task {self.task} keeps the image size: set the top-level scale to 1'))
+        self.degradation = self._check_degradation(self.option('degradation') or {})
         if self.phase == 'train':
-            self.gt_size = self._check_size('gt_size', opt.get('gt_size', 96))
-            self.length = int(opt.get('length', 1000))
-            if self.length < 1:
-                raise ValueError(f'SyntheticPairedDataset: length must be >= 1, got {self.length}')
+            self.gt_size = self.crop_side('gt_size')
         else:
-            default = 128 // self.scale * self.scale  # the default adapts to x3; an explicit value must fit
-            val_size = opt.get('val_size', default)
-            self.val_size = None if val_size is None else self._check_size('val_size', val_size)
-
-    def _check_scale(self, scale: Any) -> int:
-        """Validate ``scale`` for the task: 2/3/4 for sr, 1 for haze and rain."""
-        if self.task == 'sr':
-            if scale not in SR_SCALES:
-                raise ValueError(f"SyntheticPairedDataset: task 'sr' needs scale in {list(SR_SCALES)}, got {scale!r}")
-        elif scale != 1:
-            raise ValueError(f"SyntheticPairedDataset: task {self.task!r} keeps the image size, so scale must be 1 "
-                             f'(or absent), got {scale!r}; set the top-level scale to 1')
-        return int(scale)
-
-    def _check_size(self, key: str, size: Any) -> int:
-        """Validate a crop side: a positive multiple of ``scale`` that fits in every chosen image."""
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1 or size % self.scale:
-            raise ValueError(f'SyntheticPairedDataset: {key} must be a positive multiple of scale {self.scale}, '
-                             f'got {size!r}')
-        for name, img in zip(self.names, self.images):
-            if min(img.shape[:2]) < size:
-                raise ValueError(f'SyntheticPairedDataset: {key} {size} exceeds image {name!r} of size '
-                                 f'{img.shape[0]}x{img.shape[1]}')
-        return size
+            # the default adapts to x3 (126); a given value must be a multiple of the scale
+            self.val_size = self.crop_side('val_size', whole=True, default=128 // self.scale * self.scale)
 
     def _check_degradation(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         """Validate the ``degradation`` options (keyword arguments of the task's function) by a trial run."""
@@ -297,7 +319,10 @@ class SyntheticPairedDataset(data.Dataset):
         if unknown:
             raise ValueError(f'SyntheticPairedDataset: unknown degradation options {unknown} for task '
                              f'{self.task!r}; valid: {valid}')
-        _DEGRADATIONS[self.task](np.zeros((8, 8, 3), np.float32), np.random.default_rng(0), **kwargs)
+        try:
+            _DEGRADATIONS[self.task](np.zeros((8, 8, 3), np.float32), np.random.default_rng(0), **kwargs)
+        except OptionError as err:
+            raise err.under(f'{type(self).__name__}.degradation') from None
         return kwargs
 
     def _degrade(self, gt: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -331,17 +356,6 @@ class SyntheticPairedDataset(data.Dataset):
         left = int(rng.integers(img.shape[1] - size, endpoint=True))
         return img[top:top + size, left:left + size]
 
-    def _augment(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """BasicSR's ``augment`` (hflip, vflip, transpose, each with p = 1/2) driven by ``rng``."""
-        hflip, vflip, rot90 = rng.random(3) < 0.5
-        if self.use_hflip and hflip:
-            img = img[:, ::-1]
-        if self.use_rot and vflip:
-            img = img[::-1]
-        if self.use_rot and rot90:
-            img = img.transpose(1, 0, 2)
-        return np.ascontiguousarray(img)
-
     def _centre_crop(self, img: np.ndarray) -> np.ndarray:
         """The centred ``val_size`` square, or the whole image cut to multiples of ``scale``."""
         h, w = img.shape[:2]
@@ -356,7 +370,7 @@ PADDINGS = ('replicate', 'reflection', 'reflection_circle', 'circle')
 
 
 @DATASET_REGISTRY.register()
-class SyntheticVideoDataset(data.Dataset):
+class SyntheticVideoDataset(_PhotoDataset):
     """Short clips made from scikit-image's photographs by a moving crop, for video demos and tests.
 
     A clip is ``num_frame`` GT crops of one photograph whose window moves by a constant whole-pixel velocity
@@ -403,69 +417,28 @@ class SyntheticVideoDataset(data.Dataset):
             * ``seed`` (int): Base seed of every clip's generator. Defaults to 0.
     """
 
+    OPTIONS = {**_PhotoDataset.OPTIONS, 'scale': Choice(*SR_SCALES), 'gt_frames': Choice(*GT_FRAMES),
+               'num_frame': Integer(low=1), 'max_shift': Integer(low=0),
+               'noise_sigma': Number(low=0, note='8-bit levels'), 'padding': Choice(*PADDINGS)}
+    DEFAULTS = {**_PhotoDataset.DEFAULTS, 'scale': 4, 'gt_frames': 'all', 'num_frame': 5, 'max_shift': 2,
+                'noise_sigma': 0, 'padding': 'reflection_circle', 'gt_size': 64, 'val_size': 64}
+
     def __init__(self, opt: dict[str, Any]) -> None:
-        super().__init__()
-        self.opt = opt  # BasicSR's validation reads dataset.opt['name']
-        self.phase = opt.get('phase', 'train')
-        self.scale = opt.get('scale', 4)
-        if self.scale not in SR_SCALES:
-            raise ValueError(f'SyntheticVideoDataset: scale must be one of {list(SR_SCALES)}, got {self.scale!r}')
-        self.gt_frames = opt.get('gt_frames', 'all')
-        if self.gt_frames not in GT_FRAMES:
-            raise ValueError(f'SyntheticVideoDataset: gt_frames must be one of {list(GT_FRAMES)}, '
-                             f'got {self.gt_frames!r}')
-        self.num_frame = self._positive_int('num_frame', opt.get('num_frame', 5))
+        super().__init__(opt)
+        self.scale, self.gt_frames = self.option('scale'), self.option('gt_frames')
+        self.num_frame = self.option('num_frame')
         if self.gt_frames == 'center' and self.num_frame % 2 == 0:
             raise ValueError(f'SyntheticVideoDataset: gt_frames center needs an odd num_frame (a centre frame), '
                              f'got {self.num_frame}')
-        self.max_shift = self._positive_int('max_shift', opt.get('max_shift', 2), allow_zero=True)
-        self.noise_sigma = float(opt.get('noise_sigma', 0))
-        if not 0 <= self.noise_sigma < math.inf:
-            raise ValueError(f'SyntheticVideoDataset: noise_sigma must be >= 0 (8-bit levels), '
-                             f'got {opt.get("noise_sigma")!r}')
-        self.padding = opt.get('padding', 'reflection_circle')
-        if self.padding not in PADDINGS:
-            raise ValueError(f'SyntheticVideoDataset: padding must be one of {list(PADDINGS)}, got {self.padding!r}')
-        self.seed = int(opt.get('seed', 0))
-        self.use_hflip = bool(opt.get('use_hflip', True))
-        self.use_rot = bool(opt.get('use_rot', True))
-
-        names = opt.get('images', DEFAULT_IMAGES)
-        self.names = [names] if isinstance(names, str) else list(names)
-        unknown = [n for n in self.names if n not in IMAGE_NAMES]
-        if unknown or not self.names:
-            raise ValueError(f'SyntheticVideoDataset: images must be a non-empty list of names from '
-                             f'{list(IMAGE_NAMES)}, got {self.names!r}')
-        self.images = [_load_image(n) for n in self.names]
-
+        self.max_shift, self.noise_sigma = self.option('max_shift'), self.option('noise_sigma')
+        self.padding = self.option('padding')
+        reach = (self.num_frame - 1) * self.max_shift  # the moving window's path at the largest velocity
         if self.phase == 'train':
-            self.size = self._check_size('gt_size', opt.get('gt_size', 64))
-            self.length = self._positive_int('length', opt.get('length', 1000))
+            self.size = self.crop_side('gt_size', reach)
         else:
-            self.size = self._check_size('val_size', opt.get('val_size', 64))
+            self.size = self.crop_side('val_size', reach)
             # BasicSR's video validation counts the frames of each folder in data_info['folder']
             self.data_info = {'folder': [name for name in self.names for _ in range(self.num_frame)]}
-
-    @staticmethod
-    def _positive_int(key: str, value: Any, allow_zero: bool = False) -> int:
-        """``value`` if it is an integer >= 1 (>= 0 with ``allow_zero``), else a ValueError naming ``key``."""
-        if isinstance(value, bool) or not isinstance(value, int) or value < (0 if allow_zero else 1):
-            raise ValueError(f'SyntheticVideoDataset: {key} must be an integer >= {0 if allow_zero else 1}, '
-                             f'got {value!r}')
-        return value
-
-    def _check_size(self, key: str, size: Any) -> int:
-        """A crop side: a positive multiple of ``scale`` whose moving window fits in every chosen image."""
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1 or size % self.scale:
-            raise ValueError(f'SyntheticVideoDataset: {key} must be a positive multiple of scale {self.scale}, '
-                             f'got {size!r}')
-        span = size + (self.num_frame - 1) * self.max_shift  # the window's reach at the largest velocity
-        for name, img in zip(self.names, self.images):
-            if min(img.shape[:2]) < span:
-                raise ValueError(f'SyntheticVideoDataset: {key} {size} moved by up to max_shift {self.max_shift} '
-                                 f'over {self.num_frame} frames needs {span} pixels; image {name!r} is '
-                                 f'{img.shape[0]}x{img.shape[1]}')
-        return size
 
     def __len__(self) -> int:
         if self.phase == 'train':
@@ -499,17 +472,6 @@ class SyntheticVideoDataset(data.Dataset):
         if self.noise_sigma:
             lq = np.clip(lq + rng.normal(0, self.noise_sigma / 255, lq.shape).astype(np.float32), 0, 1)
         return lq
-
-    def _augment(self, frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """BasicSR's ``augment`` (hflip, vflip, transpose, each p = 1/2) applied alike to every frame."""
-        hflip, vflip, rot90 = rng.random(3) < 0.5
-        if self.use_hflip and hflip:
-            frames = frames[:, :, ::-1]
-        if self.use_rot and vflip:
-            frames = frames[:, ::-1]
-        if self.use_rot and rot90:
-            frames = frames.transpose(0, 2, 1, 3)
-        return np.ascontiguousarray(frames)
 
     @staticmethod
     def _to_tensors(frames: np.ndarray) -> torch.Tensor:

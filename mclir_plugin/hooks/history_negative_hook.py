@@ -42,7 +42,7 @@ class HistoryNegativeHook(Hook):
             reference to this hook. Defaults to None.
         **bank_options: The bank's arguments, as :class:`HistoryNegatives` documents them (``neg_iter``,
             ``neg_decay``, ``neg_start``, ``pairing``, ``update_buffers``, ``seed``, ``sync_check_interval``,
-            ``adaptive_threshold``, ``adaptive_decay``, ``fast_forward``, ``channels_last``).
+            ``adaptive_threshold``, ``adaptive_decay``, ``fast_forward``, ``channels_last``, ``precision``).
     """
 
     priority = 'NORMAL'

@@ -34,6 +34,14 @@ Caveats up front:
   blend. The update itself is two ``_foreach`` calls.
 * Inputs may be images (B, C, h, w) or clips (B, T, C, h, w): :meth:`HistoryNegatives.forward` returns
   ``(N, *output shape)`` whatever the network's output shape is.
+* ``precision`` (``fp32``, ``bf16``, ``fp16``) runs the forwards under autocast of that dtype whatever the caller's
+  autocast (``mclir.amp``) is; ``None`` follows the caller's. The weights stay fp32 (the refresh arithmetic is
+  unchanged): autocast over fp32 weights measured faster than a bf16 working copy here
+  (:mod:`mclir_plugin.utils.precision` gives the figures). The outputs may come back in that dtype; the losses cast
+  them to the output's.
+* :meth:`HistoryNegatives.draw` picks ``k`` of the N negatives (``mclir.neg_per_step``) from the bank's own
+  ``torch.Generator``, seeded by :func:`draw_seed` of the bank's ``seed``: the same draws on every rank, whatever
+  each rank's global random state, and saved in :meth:`HistoryNegatives.state_dict` for an exact resume.
 """
 from __future__ import annotations
 
@@ -46,10 +54,12 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from mclir_plugin.hooks.negative_fast_path import accelerate_negative
+from mclir_plugin.archs.frozen_cache import accelerate_negative
 from mclir_plugin.utils.memory_layout import CHANNELS_LAST_OPTION, use_channels_last
 from mclir_plugin.utils.option_schema import (Boolean, Choice, Integer, Number, OneOrList, Optional, OptionError, Text,
                                         check_options)
+from mclir_plugin.utils.precision import (PRECISION_NAMES, PRECISION_OPTION, PRECISIONS, check_precision,
+                                          precision_context)
 
 logger = logging.getLogger('basicsr')
 
@@ -68,6 +78,7 @@ HOOK_OPTIONS = {
     'adaptive_decay': Number(0, 1, high_open=True),
     'fast_forward': Boolean(),
     'channels_last': CHANNELS_LAST_OPTION,
+    'precision': PRECISION_OPTION,
 }
 
 
@@ -99,6 +110,13 @@ def negative_seed(seed: int, index: int) -> int:
     has just initialised the network.
     """
     digest = hashlib.sha256(f'mclir-history-negative/{int(seed)}/{int(index)}'.encode()).digest()
+    return int.from_bytes(digest[:8], 'little') >> 1
+
+
+def draw_seed(seed: int) -> int:
+    """The seed of the bank's draw generator (:meth:`HistoryNegatives.draw`), a 63-bit hash of ``seed`` under its
+    own salt: independent of the network's init, of the negatives' fresh inits and of every rank's global stream."""
+    digest = hashlib.sha256(f'mclir-negative-draw/{int(seed)}'.encode()).digest()
     return int.from_bytes(digest[:8], 'little') >> 1
 
 
@@ -153,9 +171,13 @@ class HistoryNegatives:
             ``None`` keeps the interval schedule. Defaults to None.
         adaptive_decay: Decay of an adaptive refresh (official: 0.001, about a copy). Defaults to 0.001.
         fast_forward: Let the negatives' window attention skip work it repeats on every call (see
-            :mod:`mclir_plugin.hooks.negative_fast_path`). Same maths, float rounding aside. Defaults to True.
+            :mod:`mclir_plugin.archs.frozen_cache`). Same maths, float rounding aside. Defaults to True.
         channels_last: Keep the negatives (and feed them) in channels-last memory format: ``'auto'`` does so on
             CPU only (see :mod:`mclir_plugin.utils.memory_layout`). Defaults to ``'auto'``.
+        precision: ``'fp32'``, ``'bf16'`` or ``'fp16'``: the forwards run under autocast of that dtype (fp32: with
+            autocast off), whatever the caller's; the weights stay fp32. ``None`` runs them as the caller does
+            (fp32, or ``mclir.amp``'s autocast). Refused at :meth:`build` where it cannot run (see
+            :func:`~mclir_plugin.utils.precision.check_precision`). Defaults to None.
     """
 
     def __init__(self,
@@ -169,7 +191,8 @@ class HistoryNegatives:
                  adaptive_threshold: float | None = None,
                  adaptive_decay: float = 0.001,
                  fast_forward: bool = True,
-                 channels_last: bool | str = 'auto') -> None:
+                 channels_last: bool | str = 'auto',
+                 precision: str | None = None) -> None:
         check_options(HOOK_OPTIONS, locals())  # the arguments, by name: keys and values as the option block has them
         neg_iter = list(neg_iter) if isinstance(neg_iter, (list, tuple)) else [neg_iter]
         self.neg_iter = neg_iter  # the options as given (the schedules below are what is used)
@@ -186,6 +209,9 @@ class HistoryNegatives:
         self.fast_forward = fast_forward
         self.channels_last = channels_last
         self._negatives_channels_last = False  # decided in build(), from the device
+        self.precision = precision
+        self.dtype: torch.dtype | None = PRECISIONS.get(precision)
+        self.draw_generator: torch.Generator | None = None  # made in build(), once the seed is known
         self.negatives = nn.ModuleList()
         self.refresh_count = [0] * self.num_negatives
         self.last_refresh_iter = [0] * self.num_negatives
@@ -224,6 +250,7 @@ class HistoryNegatives:
         net = unwrap(net)
         fresh_init = fresh_init or (lambda: reinitialised_copy(net))
         device = next(net.parameters()).device
+        check_precision(net, self.dtype, device)
         negatives = []
         seed = 0 if self.seed is None else self.seed
         with torch.random.fork_rng(devices=[]):
@@ -247,6 +274,7 @@ class HistoryNegatives:
         self.negatives = nn.ModuleList(negatives)
         self.refresh_count = [0] * self.num_negatives
         self.last_refresh_iter = [0] * self.num_negatives
+        self.draw_generator = torch.Generator().manual_seed(draw_seed(seed))
         if self.sync_check_interval:
             self.check_sync(None)
 
@@ -363,19 +391,33 @@ class HistoryNegatives:
                                f'{int((low != high).sum())} tensors disagree): this is a bug, please report it.')
         logger.info(f'Negative models agree across {dist.get_world_size()} ranks {when}.')
 
+    def draw(self, k: int) -> list[int]:
+        """``k`` of the N negatives, uniformly without replacement, in increasing order (``mclir.neg_per_step``).
+
+        Drawn from :attr:`draw_generator` (seeded by :func:`draw_seed` of ``seed``), so every rank draws the same
+        and the global random streams are untouched; ``k == N`` returns all without drawing.
+        """
+        self._require_built()
+        if not 1 <= k <= self.num_negatives:
+            raise ValueError(f'Cannot draw {k} of {self.num_negatives} negatives: use 1 <= k <= {self.num_negatives}.')
+        if k == self.num_negatives:
+            return list(range(k))
+        return sorted(torch.randperm(self.num_negatives, generator=self.draw_generator)[:k].tolist())
+
     def forward(self, x: torch.Tensor, indices: Sequence[int] | None = None) -> torch.Tensor:
-        """Run the negatives (all, or those of ``indices``) on ``x`` in inference mode.
+        """Run the negatives (all, or those of ``indices``) on ``x`` in inference mode, at ``precision``.
 
         Args:
             x: The network's input, (B, C, h, w) or a clip (B, T, C, h, w).
             indices: Which negatives to run. Defaults to all.
 
         Returns:
-            ``(N, *output shape)``, never part of a graph.
+            ``(len(indices) or N, *output shape)``, never part of a graph; in ``precision``'s dtype where the
+            network's last operation ran under autocast.
         """
         self._require_built()
         chosen = self.negatives if indices is None else [self.negatives[i] for i in indices]
-        with torch.inference_mode():
+        with torch.inference_mode(), precision_context(self.dtype, x.device.type):
             if self._negatives_channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
             return torch.stack([neg(x) for neg in chosen]).contiguous()
@@ -395,6 +437,7 @@ class HistoryNegatives:
             'refresh_count': list(self.refresh_count),
             'last_refresh_iter': list(self.last_refresh_iter),
             'adaptive_count': self.adaptive_count,
+            'draw_rng': None if self.draw_generator is None else self.draw_generator.get_state(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -413,12 +456,15 @@ class HistoryNegatives:
         self.refresh_count = list(state['refresh_count'])
         self.last_refresh_iter = list(state['last_refresh_iter'])
         self.adaptive_count = int(state.get('adaptive_count', 0))
+        if state.get('draw_rng') is not None:  # (states written before neg_per_step existed have none)
+            self.draw_generator.set_state(state['draw_rng'])
 
     def describe(self) -> str:
         """One line per negative: its schedule and counters, for logs."""
         lines = [f'{self.num_negatives} history negative(s), neg_start={self.neg_start}, pairing={self.pairing}, '
                  f'update_buffers={self.update_buffers}, seed={self.seed}, fast_forward={self.fast_forward}, '
-                 f'channels_last={self._negatives_channels_last}:']
+                 f'channels_last={self._negatives_channels_last}, '
+                 f'precision={PRECISION_NAMES.get(self.dtype, "as the step")}:']
         if self.adaptive:
             lines.append(f'  adaptive refresh: one negative, round robin, with decay {self.adaptive_decay} when the '
                          f'error spread exceeds {self.adaptive_threshold} ({self.adaptive_count} so far)')

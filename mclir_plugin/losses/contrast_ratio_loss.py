@@ -42,15 +42,15 @@ from typing import Mapping
 import torch
 from basicsr.utils.registry import LOSS_REGISTRY
 
-from mclir_plugin.losses.contrastive_base import NEG_SOURCE_OPTION, ContrastiveLoss
-from mclir_plugin.utils.option_schema import Number, check_options
+from mclir_plugin.losses.contrastive_base import NEG_SOURCE_OPTION, ContrastCostLoss
+from mclir_plugin.utils.option_schema import Number
 
 CR_LAYER_WEIGHTS = {'relu1_1': 1 / 32, 'relu2_1': 1 / 16, 'relu3_1': 1 / 8, 'relu4_1': 1 / 4, 'relu5_1': 1.0}
 CR_EPS = 1e-7
 
 
 @LOSS_REGISTRY.register()
-class ContrastRatioLoss(ContrastiveLoss):
+class ContrastRatioLoss(ContrastCostLoss):
     """AECR-Net's contrastive regularisation (ratio of VGG L1 distances) plus a reconstruction term.
 
     Args:
@@ -60,52 +60,28 @@ class ContrastRatioLoss(ContrastiveLoss):
         layer_weights: ``{vgg layer: w_l}``. Defaults to ``{relu1_1: 1/32, relu2_1: 1/16, relu3_1: 1/8,
             relu4_1: 1/4, relu5_1: 1}``.
         eps: ``epsilon`` of the denominator. Defaults to 1e-7.
-        vgg_type: VGG variant. Defaults to ``'vgg19'``.
         use_input_norm: ImageNet mean/std normalisation of VGG inputs. Defaults to False (as AECR-Net).
-        range_norm: Images are in [-1, 1]. Defaults to False.
-        rec_loss: ``'l1'``, ``'charbonnier'`` or ``'mse'``. Defaults to ``'l1'``.
-        reduction: Reduction of the reconstruction term. Defaults to ``'mean'``.
-        vgg_weights: ``'imagenet'`` or a path. Defaults to ``'imagenet'``.
-        vgg_fallback: ``'error'`` or ``'random'`` (demos and tests). Defaults to ``'error'``.
-        channels_last: Channels-last VGG: ``true``, ``false`` or ``'auto'`` (on CPU). Defaults to ``'auto'``.
+        vgg_type, range_norm, rec_loss, reduction, vgg_weights, vgg_fallback, channels_last: As
+            :class:`~mclir_plugin.losses.contrastive_base.ContrastiveLoss`'s, with its defaults.
     """
 
-    OPTIONS = {**ContrastiveLoss.OPTIONS, **NEG_SOURCE_OPTION,
+    OPTIONS = {**ContrastCostLoss.OPTIONS, **NEG_SOURCE_OPTION,
                'eps': Number(low=0, low_open=True, note='it keeps the ratio finite')}
+    DEFAULT_LAYER_WEIGHTS = CR_LAYER_WEIGHTS
 
-    def __init__(self,
-                 loss_weight: float = 1.0,
-                 neg_weight: float = 0.1,
-                 neg_source: str = 'history',
-                 layer_weights: Mapping[str, float] | None = None,
-                 eps: float = CR_EPS,
-                 vgg_type: str = 'vgg19',
-                 use_input_norm: bool = False,
-                 range_norm: bool = False,
-                 rec_loss: str = 'l1',
-                 reduction: str = 'mean',
-                 vgg_weights: str = 'imagenet',
-                 vgg_fallback: str = 'error',
+    def __init__(self, loss_weight: float = 1.0, neg_weight: float = 0.1, neg_source: str = 'history',
+                 layer_weights: Mapping[str, float] | None = None, eps: float = CR_EPS, vgg_type: str = 'vgg19',
+                 use_input_norm: bool = False, range_norm: bool = False, rec_loss: str = 'l1',
+                 reduction: str = 'mean', vgg_weights: str = 'imagenet', vgg_fallback: str = 'error',
                  channels_last: bool | str = 'auto') -> None:
-        check_options(self.OPTIONS, locals(), type(self).__name__, keys=('eps',))
-        super().__init__(CR_LAYER_WEIGHTS if layer_weights is None else layer_weights, loss_weight=loss_weight,
-                         neg_weight=neg_weight, neg_source=neg_source, vgg_type=vgg_type,
-                         use_input_norm=use_input_norm, range_norm=range_norm, rec_loss=rec_loss, reduction=reduction,
-                         vgg_weights=vgg_weights, vgg_fallback=vgg_fallback, channels_last=channels_last)
-        self.eps = float(eps)
+        own, base = self.split_arguments(locals())
+        super().__init__(**base)
+        self.eps = own['eps']
 
-    def score(self, pred: torch.Tensor, target: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
-        """``S = -C``: the cost is added to the loss, ``l_neg = -neg_weight * C``."""
-        return -self.contrast(pred, target, negatives)
-
-    def contrast(self, pred: torch.Tensor, target: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
-        """``CR = sum_l w_l * d(phi_l(pred), phi_l(target)) / (mean_k d(phi_l(pred), phi_l(n_k)) + eps)``."""
-        feats, pos, neg = self.features(pred, target, negatives)
-        ratio = pred.new_zeros((), dtype=torch.float32)
-        for layer, weight in self.layer_weights.items():
-            anchor = feats[layer].float()
-            d_pos = (anchor - pos[layer].float()).abs().mean()
-            # every negative has the anchor's shape: the mean over (K, B, C, H, W) is the mean of the K distances
-            d_neg = (anchor.unsqueeze(0) - neg[layer].float()).abs().mean()
-            ratio = ratio + weight * d_pos / (d_neg + self.eps)
-        return ratio
+    def layer_cost(self, anchor: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+        """``d(phi_l(pred), phi_l(target)) / (mean_k d(phi_l(pred), phi_l(n_k)) + eps)``, summed by
+        :meth:`~mclir_plugin.losses.contrastive_base.ContrastCostLoss.contrast` into ``CR``."""
+        d_pos = (anchor - positive).abs().mean()
+        # every negative has the anchor's shape: the mean over (K, B, C, H, W) is the mean of the K distances
+        d_neg = (anchor.unsqueeze(0) - negatives).abs().mean()
+        return d_pos / (d_neg + self.eps)

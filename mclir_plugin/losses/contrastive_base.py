@@ -12,9 +12,10 @@ that implements one method, :meth:`ContrastiveLoss.score`, the unweighted negati
 
 ``l_neg`` is the amount *subtracted* (the convention of ``MCLIRModel``'s logs). SPN's ``S`` is a distance to the
 negatives (so its ``l_neg`` is positive); the ratio and InfoNCE forms are costs ``C`` with ``S = -C`` (their
-``l_neg`` is negative). Everything else lives here once: the shared options (``loss_weight``, ``neg_weight``,
-``layer_weights``, VGG, ``rec_loss``, ``reduction``), :meth:`ContrastiveLoss.reconstruction`, the negatives'
-plumbing and shape checks, video clips, and the errors. When and on what the negative term is computed during
+``l_neg`` is negative; they subclass :class:`ContrastCostLoss` and implement only the cost at one VGG layer).
+Everything else lives here once: the shared options (``loss_weight``, ``neg_weight``, ``layer_weights``, VGG,
+``rec_loss``, ``reduction``) and their checks (:meth:`ContrastiveLoss.split_arguments`),
+:meth:`ContrastiveLoss.reconstruction`, the negatives' plumbing and shape checks, video clips, and the errors. When and on what the negative term is computed during
 training (``neg_every``, ``neg_batch_fraction``, ``neg_weight: auto``, uncertainty weighting) is decided by
 :class:`~mclir_plugin.losses.contrastive_criterion.ContrastiveCriterion`, not by the loss.
 
@@ -31,7 +32,8 @@ Caveats up front:
 """
 from __future__ import annotations
 
-from typing import Mapping, Optional, Sequence, Union
+import inspect
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +43,7 @@ from torch import nn
 from mclir_plugin.losses import ssim_loss  # noqa: F401  (registers SSIMLoss for rec_loss: ssim)
 from mclir_plugin.losses.vgg_features import VGG_LOSS_OPTIONS, VGGFeatures
 from mclir_plugin.utils.option_schema import Choice, Number, check_options
+from mclir_plugin.utils.precision import precision_context
 
 NEG_SOURCES = ('history', 'input', 'both')
 REC_LOSSES = {'l1': 'L1Loss', 'mse': 'MSELoss', 'charbonnier': 'CharbonnierLoss', 'ssim': 'SSIMLoss'}
@@ -88,20 +91,18 @@ class ContrastiveLoss(nn.Module):
     auto_neg_weight = False
     uncertainty_weighting = False
     ratio_range: tuple[float, float] | None = None  # the authors' range of l_neg / l_rec, if they give one
+    # Whether S is the mean over the negatives of one score per negative: then S on k negatives drawn uniformly
+    # without replacement is unbiased for S on all N (mclir.neg_per_step; ContrastiveCriterion refuses k < N otherwise)
+    mean_over_negatives = False
+    # The precision of VGG on the negatives (for the ratio and InfoNCE forms also on the target, which shares their
+    # frozen batch): the bank's mclir.hook.precision, set by ContrastiveCriterion; None = the caller's autocast
+    negative_dtype: torch.dtype | None = None
+    DEFAULT_LAYER_WEIGHTS: Mapping[str, float] = {}  # a subclass's layer_weights when it is given none
 
-    def __init__(self,
-                 layer_weights: Mapping[str, float],
-                 loss_weight: float = 1.0,
-                 neg_weight: float = 0.1,
-                 neg_source: str = 'history',
-                 vgg_type: str = 'vgg19',
-                 use_input_norm: bool = False,
-                 range_norm: bool = False,
-                 rec_loss: str = 'l1',
-                 reduction: str = 'mean',
-                 vgg_weights: str = 'imagenet',
-                 vgg_fallback: str = 'error',
-                 channels_last: bool | str = 'auto') -> None:
+    def __init__(self, layer_weights: Mapping[str, float], loss_weight: float = 1.0, neg_weight: float = 0.1,
+                 neg_source: str = 'history', vgg_type: str = 'vgg19', use_input_norm: bool = False,
+                 range_norm: bool = False, rec_loss: str = 'l1', reduction: str = 'mean', vgg_weights: str = 'imagenet',
+                 vgg_fallback: str = 'error', channels_last: bool | str = 'auto') -> None:
         check_options({**ContrastiveLoss.OPTIONS, **NEG_SOURCE_OPTION}, locals(), type(self).__name__)
         super().__init__()
         self.layer_weights = dict(layer_weights)
@@ -112,6 +113,20 @@ class ContrastiveLoss(nn.Module):
         self.cri_rec = build_loss({'type': REC_LOSSES[rec_loss], 'loss_weight': 1.0, 'reduction': reduction})
         self.vgg = VGGFeatures(self.layer_weights, vgg_type=vgg_type, weights=vgg_weights, fallback=vgg_fallback,
                                use_input_norm=use_input_norm, range_norm=range_norm, channels_last=channels_last)
+
+    def split_arguments(self, arguments: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """A subclass's ``__init__`` arguments (its ``locals()``), checked against its ``OPTIONS`` and split.
+
+        Returns:
+            ``(own, base)``: the subclass's own options, checked (numbers as float), and the keyword arguments of
+            :class:`ContrastiveLoss` among ``arguments``, ``layer_weights`` None replaced by the class's
+            ``DEFAULT_LAYER_WEIGHTS``.
+        """
+        checked = check_options(self.OPTIONS, arguments, type(self).__name__)
+        base = {name: arguments[name] for name in BASE_ARGUMENTS if name in arguments}
+        if base.get('layer_weights') is None:
+            base['layer_weights'] = self.DEFAULT_LAYER_WEIGHTS
+        return {name: value for name, value in checked.items() if name not in base}, base
 
     # ------------------------------------------------------------------ the one method a loss implements
     def score(self, pred: torch.Tensor, target: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
@@ -202,7 +217,8 @@ class ContrastiveLoss(nn.Module):
         """VGG features ``(of pred with grad, of target (B, ...), of negatives (K, B, ...))``; one frozen batch."""
         num_neg, batch = negatives.shape[0], pred.shape[0]
         feats = self.vgg(pred)
-        with torch.no_grad():  # never part of the graph (no_grad, not inference_mode: they may be saved for backward)
+        # never part of the graph (no_grad, not inference_mode: they may be saved for backward)
+        with torch.no_grad(), precision_context(self.negative_dtype, pred.device.type):
             frozen = self.vgg(torch.cat([target.detach().to(pred.dtype), negatives.flatten(0, 1)]))
         pos = {k: v[:batch] for k, v in frozen.items()}
         neg = {k: v[batch:].unflatten(0, (num_neg, batch)) for k, v in frozen.items()}
@@ -261,6 +277,40 @@ class ContrastiveLoss(nn.Module):
         source = f', neg_source={self.neg_source!r}' if 'neg_source' in self.OPTIONS else ''
         return (f'loss_weight={self.loss_weight}, neg_weight={self.neg_weight}{source}, '
                 f'layer_weights={self.layer_weights}, vgg={self.vgg.vgg_type} ({self.vgg.weights_source})')
+
+
+BASE_ARGUMENTS = tuple(inspect.signature(ContrastiveLoss.__init__).parameters)[1:]  # all but self
+
+
+class ContrastCostLoss(ContrastiveLoss):
+    """A loss whose negative term is a cost ``C`` to minimise, summed over VGG layers (CR's ratio, InfoNCE).
+
+    ``S = -C`` (so ``l_neg = -neg_weight * C`` is negative and the loss is ``l_rec + neg_weight * C``), with
+    ``C = sum_l w_l * layer_cost(phi_l(pred), phi_l(target), phi_l(n_1..K))`` computed in float32 whatever the
+    autocast dtype. Subclasses implement :meth:`layer_cost` only.
+    """
+
+    def score(self, pred: torch.Tensor, target: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+        """``S = -C``: the cost is added to the loss, ``l_neg = -neg_weight * C``."""
+        return -self.contrast(pred, target, negatives)
+
+    def contrast(self, pred: torch.Tensor, target: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+        """``C = sum_l w_l * layer_cost(...)`` over ``layer_weights`` (0-d, float32)."""
+        feats, pos, neg = self.features(pred, target, negatives)
+        total = pred.new_zeros((), dtype=torch.float32)
+        for layer, weight in self.layer_weights.items():
+            total = total + weight * self.layer_cost(feats[layer].float(), pos[layer].float(), neg[layer].float())
+        return total
+
+    def layer_cost(self, anchor: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+        """The cost at one layer (0-d).
+
+        Args:
+            anchor: The output's features (B, C, H, W), with grad.
+            positive: The target's features, the same shape, constant.
+            negatives: The negatives' features (K, B, C, H, W), constant.
+        """
+        raise NotImplementedError(f'{type(self).__name__} must implement layer_cost(anchor, positive, negatives).')
 
 
 NegativeContrastLoss = ContrastiveLoss  # the base's earlier name (kept for older code)

@@ -1,4 +1,4 @@
-"""The criterion a base model's own training step calls: one place for every cost and weighting option.
+r"""The criterion a base model's own training step calls: one place for every cost and weighting option.
 
 ``MCLIRModel`` replaces the base model's ``cri_pix`` (built from ``train.pixel_opt``) by a
 :class:`ContrastiveCriterion` around it. The base step keeps calling ``cri_pix(output, target)`` (SRModel, the GAN
@@ -11,6 +11,9 @@ The options that decide when and on what the negative term is computed live here
 
 * ``mclir.neg_every = k``: the negative term on every k-th iteration only, weighted by k (same expectation);
 * ``mclir.neg_batch_fraction = f``: on a random subset of ``ceil(f * B)`` samples of the batch;
+* ``mclir.neg_per_step = k``: on k of the N negatives, drawn anew at each computation of the term (see below);
+* ``mclir.hook.precision``: the bank's precision, which the criterion hands to the loss (``negative_dtype``) so
+  that VGG on the negatives runs in it too; the output's features, the loss and its gradient keep the step's;
 * ``neg_weight: auto`` (a loss option): the negative term is off for the loss's ``auto_iters`` iterations while
   :class:`LambdaCalibration` measures it, then ``lambda = auto_ratio * R / D`` (the same on every rank);
 * ``uncertainty_weighting`` (a loss option): the reconstruction term weighted by the negatives' spread, on the
@@ -23,6 +26,27 @@ Caveats up front:
 * Reading an attribute the criterion lacks reads the loss's (``cri_pix.neg_weight``, ``cri_pix.vgg``), so code
   written when ``cri_pix`` was the loss keeps working; setting one sets it on the criterion: use ``.loss``.
 * Called before :meth:`ContrastiveCriterion.bind`, it raises: it cannot know the batch's input.
+
+``neg_per_step = k`` in numbers. The bank draws a set ``D`` of k of the N negatives uniformly without replacement
+(:meth:`~mclir_plugin.hooks.history_negatives.HistoryNegatives.draw`: its own generator, the same on every rank,
+saved in the training state); only they run forward and through VGG. Each negative is in ``D`` with probability
+k/N, so for a score that is a mean over the negatives, ``S = (1/N) sum_i s_i`` (SPN:
+``s_i = sum_l alpha_l mean|phi_l(out) - phi_l(n_i)|``),
+
+.. math::
+
+    E_D\\Big[\\frac{1}{k} \\sum_{i \\in D} s_i\\Big] = \\frac{1}{k} \\sum_{i=1}^{N} P(i \\in D) \\, s_i
+    = \\frac{1}{k} \\cdot \\frac{k}{N} \\sum_{i=1}^{N} s_i = \\frac{1}{N} \\sum_{i=1}^{N} s_i = S,
+
+so the loss computed on the drawn negatives, weight 1 (not N/k: the score is already a mean), is unbiased for the
+full loss, and so is its gradient (the same linear combination of the per-negative gradients). Its variance is
+``(sigma^2 / k) (N - k) / (N - 1)`` (``sigma^2`` the spread of the ``s_i`` over the negatives), 0 at ``k = N``,
+which runs all negatives without drawing: today's maths exactly. The draws are independent of ``neg_every`` and
+``neg_batch_fraction``, so the expectations combine. The ratio form (CR: ``d+ / (mean_k d-_k + eps)``, convex in
+the mean) and InfoNCE (``-log`` of a softmax over the negatives' similarities, with a sum over them) are not means
+over the negatives: a subset's value is biased (Jensen) whatever its weight, so ``k < N`` is refused for losses
+whose ``mean_over_negatives`` is False, and for ``uncertainty_weighting`` (the spread of k negatives is another
+weight, not an estimate of it).
 """
 from __future__ import annotations
 
@@ -34,6 +58,7 @@ from basicsr.utils import get_root_logger
 from torch import nn
 
 from mclir_plugin.losses.contrastive_base import ContrastiveLoss
+from mclir_plugin.utils.option_schema import Integer
 
 if TYPE_CHECKING:
     from mclir_plugin.hooks.history_negatives import HistoryNegatives
@@ -98,13 +123,15 @@ class ContrastiveCriterion(nn.Module):
             Defaults to False.
         source: Returns the raw network the adaptive refresh copies (``MCLIRModel``: the bare ``net_g``).
             Needed only with an adaptive bank. Defaults to None.
+        neg_per_step: Use k of the bank's N negatives per computation of the negative term, drawn uniformly
+            without replacement (see the module notes); 1 <= k <= N. None (or N) uses all. Defaults to None.
     """
 
     RATIO_WINDOW = 1000  # iterations over which l_neg_ratio is averaged before it is compared with the loss's range
 
     def __init__(self, loss: ContrastiveLoss, bank: HistoryNegatives | None = None, neg_every: int = 1,
                  neg_batch_fraction: float = 1.0, dist: bool = False,
-                 source: Callable[[], nn.Module] | None = None) -> None:
+                 source: Callable[[], nn.Module] | None = None, neg_per_step: int | None = None) -> None:
         super().__init__()
         if not isinstance(loss, ContrastiveLoss):
             raise TypeError(f'ContrastiveCriterion needs a ContrastiveLoss (SPNLoss, ContrastRatioLoss, InfoNCELoss), '
@@ -118,6 +145,29 @@ class ContrastiveCriterion(nn.Module):
         self.lq: torch.Tensor | None = None
         self.current_iter: int | None = None
         self.parts: dict[str, torch.Tensor] | None = None  # l_rec, l_neg of the last call of this step
+        if bank is not None:
+            loss.negative_dtype = bank.dtype  # VGG on the negatives at the bank's precision
+        self.neg_per_step = self._check_neg_per_step(neg_per_step)
+        self.drawn: list[int] | None = None  # the negatives of the last draw
+        self.draw_counts = [0] * (bank.num_negatives if bank is not None else 0)  # since the last draw_report()
+
+    def _check_neg_per_step(self, k: int | None) -> int | None:
+        """``k`` when it draws (1 <= k < N), None for all negatives; errors name ``mclir.neg_per_step``."""
+        if k is None or self.bank is None or not self.loss.uses_history:
+            return None
+        n = self.bank.num_negatives
+        Integer(low=1, high=n, note=f'there are {n} negatives, one per mclir.hook.neg_iter entry; ~ for all of '
+                                    'them')(k, 'mclir.neg_per_step')
+        if k == n:
+            return None
+        if not self.loss.mean_over_negatives:
+            raise ValueError(f'mclir.neg_per_step {k} < {n} cannot be used with {type(self.loss).__name__}: its '
+                             'negative term is not a mean over the negatives, so a subset would bias it. Use '
+                             f'neg_per_step: ~ (all {n}), or SPNLoss.')
+        if self.loss.uncertainty_weighting:
+            raise ValueError(f'mclir.neg_per_step {k} < {n} cannot be used with uncertainty_weighting, which weights '
+                             f'the reconstruction by the spread of all {n} negatives; use neg_per_step: ~.')
+        return k
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -148,7 +198,7 @@ class ContrastiveCriterion(nn.Module):
             keep = torch.randperm(lq.shape[0], device=lq.device)[:math.ceil(self.neg_batch_fraction * lq.shape[0])]
             lq, out, gt = lq[keep], out[keep], gt[keep]
         needed = loss.neg_weight != 0 or self.calibration is not None or loss.uncertainty_weighting
-        negatives = self.bank(lq) if loss.uses_history and needed else None
+        negatives = self.bank(lq, self._draw()) if loss.uses_history and needed else None
         if weight is None and negatives is not None and self.neg_batch_fraction == 1:
             weight = loss.uncertainty_weight(negatives)  # (a batch fraction covers part of the batch: no weighting)
         l_rec = loss.reconstruction(output, target, weight)
@@ -164,6 +214,22 @@ class ContrastiveCriterion(nn.Module):
         if self.bank is not None and self.bank.adaptive and all_ranks_agree(bool(torch.isfinite(total)), self.dist):
             self.bank.adaptive_step(self.source(), output, target, self.current_iter)  # pre-step weights
         return total
+
+    def _draw(self) -> list[int] | None:
+        """The negatives this computation uses (``neg_per_step``), counted for :meth:`draw_report`; None = all."""
+        if self.neg_per_step is None:
+            return None
+        self.drawn = self.bank.draw(self.neg_per_step)
+        for i in self.drawn:
+            self.draw_counts[i] += 1
+        return self.drawn
+
+    def draw_report(self, current_iter: int) -> str:
+        """One log line: how often each negative was drawn since the last report, and the last draw; resets the
+        counts (``MCLIRModel`` logs it at ``print_freq``)."""
+        counts, self.draw_counts = self.draw_counts, [0] * len(self.draw_counts)
+        return (f'neg_per_step {self.neg_per_step} of {len(counts)}: draws since the last report, to iteration {current_iter} '
+                f'(counts per negative 0..{len(counts) - 1}) {counts}; last draw {self.drawn}.')
 
     def _record(self, l_rec: torch.Tensor, l_neg: torch.Tensor) -> torch.Tensor:
         self.parts = {'l_rec': l_rec.detach(), 'l_neg': l_neg.detach()}
@@ -223,4 +289,5 @@ class ContrastiveCriterion(nn.Module):
             self.calibration.load(saved['calibration'])
 
     def extra_repr(self) -> str:
-        return f'neg_every={self.neg_every}, neg_batch_fraction={self.neg_batch_fraction}'
+        return (f'neg_every={self.neg_every}, neg_batch_fraction={self.neg_batch_fraction}, '
+                f'neg_per_step={self.neg_per_step or "all"}')

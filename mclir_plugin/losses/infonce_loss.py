@@ -42,15 +42,15 @@ import torch
 import torch.nn.functional as F
 from basicsr.utils.registry import LOSS_REGISTRY
 
-from mclir_plugin.losses.contrastive_base import NEG_SOURCE_OPTION, ContrastiveLoss
-from mclir_plugin.utils.option_schema import Choice, Number, check_options
+from mclir_plugin.losses.contrastive_base import NEG_SOURCE_OPTION, ContrastCostLoss
+from mclir_plugin.utils.option_schema import Choice, Number
 
 INFONCE_LAYER_WEIGHTS = {'relu1_1': 1 / 3, 'relu3_1': 1 / 3, 'relu5_1': 1 / 3}
 SIMILARITIES = ('location', 'pooled')
 
 
 @LOSS_REGISTRY.register()
-class InfoNCELoss(ContrastiveLoss):
+class InfoNCELoss(ContrastCostLoss):
     """PCL's InfoNCE over VGG cosine similarities (positive: ground truth; negatives: history and/or input).
 
     Args:
@@ -61,41 +61,24 @@ class InfoNCELoss(ContrastiveLoss):
         temperature: ``tau`` > 0. Defaults to 1.0 (PCL's code: none).
         similarity: ``'location'`` (cosine per location, then the spatial mean: PCL) or ``'pooled'`` (cosine of
             the spatially averaged features). Defaults to ``'location'``.
-        vgg_type: VGG variant. Defaults to ``'vgg19'``.
         use_input_norm: ImageNet mean/std normalisation of VGG inputs. Defaults to False (as PCL).
-        range_norm: Images are in [-1, 1]. Defaults to False.
-        rec_loss: ``'l1'``, ``'charbonnier'`` or ``'mse'``. Defaults to ``'l1'``.
-        reduction: Reduction of the reconstruction term. Defaults to ``'mean'``.
-        vgg_weights: ``'imagenet'`` or a path. Defaults to ``'imagenet'``.
-        vgg_fallback: ``'error'`` or ``'random'`` (demos and tests). Defaults to ``'error'``.
-        channels_last: Channels-last VGG: ``true``, ``false`` or ``'auto'`` (on CPU). Defaults to ``'auto'``.
+        vgg_type, range_norm, rec_loss, reduction, vgg_weights, vgg_fallback, channels_last: As
+            :class:`~mclir_plugin.losses.contrastive_base.ContrastiveLoss`'s, with its defaults.
     """
 
-    OPTIONS = {**ContrastiveLoss.OPTIONS, **NEG_SOURCE_OPTION, 'temperature': Number(low=0, low_open=True),
+    OPTIONS = {**ContrastCostLoss.OPTIONS, **NEG_SOURCE_OPTION, 'temperature': Number(low=0, low_open=True),
                'similarity': Choice(*SIMILARITIES)}
+    DEFAULT_LAYER_WEIGHTS = INFONCE_LAYER_WEIGHTS
 
-    def __init__(self,
-                 loss_weight: float = 1.0,
-                 neg_weight: float = 0.1,
-                 neg_source: str = 'history',
-                 layer_weights: Mapping[str, float] | None = None,
-                 temperature: float = 1.0,
-                 similarity: str = 'location',
-                 vgg_type: str = 'vgg19',
-                 use_input_norm: bool = False,
-                 range_norm: bool = False,
-                 rec_loss: str = 'l1',
-                 reduction: str = 'mean',
-                 vgg_weights: str = 'imagenet',
-                 vgg_fallback: str = 'error',
+    def __init__(self, loss_weight: float = 1.0, neg_weight: float = 0.1, neg_source: str = 'history',
+                 layer_weights: Mapping[str, float] | None = None, temperature: float = 1.0,
+                 similarity: str = 'location', vgg_type: str = 'vgg19', use_input_norm: bool = False,
+                 range_norm: bool = False, rec_loss: str = 'l1', reduction: str = 'mean',
+                 vgg_weights: str = 'imagenet', vgg_fallback: str = 'error',
                  channels_last: bool | str = 'auto') -> None:
-        check_options(self.OPTIONS, locals(), type(self).__name__, keys=('temperature', 'similarity'))
-        super().__init__(INFONCE_LAYER_WEIGHTS if layer_weights is None else layer_weights, loss_weight=loss_weight,
-                         neg_weight=neg_weight, neg_source=neg_source, vgg_type=vgg_type,
-                         use_input_norm=use_input_norm, range_norm=range_norm, rec_loss=rec_loss, reduction=reduction,
-                         vgg_weights=vgg_weights, vgg_fallback=vgg_fallback, channels_last=channels_last)
-        self.temperature = float(temperature)
-        self.similarity = similarity
+        own, base = self.split_arguments(locals())
+        super().__init__(**base)
+        self.temperature, self.similarity = own['temperature'], own['similarity']
 
     def cosine(self, anchor: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
         """Similarity over the channel axis (dim -3), reduced over locations: shape ``anchor.shape[:-3]``."""
@@ -103,19 +86,11 @@ class InfoNCELoss(ContrastiveLoss):
             anchor, other = anchor.mean(dim=(-2, -1), keepdim=True), other.mean(dim=(-2, -1), keepdim=True)
         return (F.normalize(anchor, dim=-3) * F.normalize(other, dim=-3)).sum(dim=-3).mean(dim=(-2, -1))
 
-    def score(self, pred: torch.Tensor, target: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
-        """``S = -C``: the cost is added to the loss, ``l_neg = -neg_weight * C``."""
-        return -self.contrast(pred, target, negatives)
-
-    def contrast(self, pred: torch.Tensor, target: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
-        """``sum_l w_l * mean_b CE([s(y), s(n_1), ..., s(n_K)] / tau, class 0)``."""
-        feats, pos, neg = self.features(pred, target, negatives)
-        total = pred.new_zeros((), dtype=torch.float32)
-        for layer, weight in self.layer_weights.items():
-            anchor = feats[layer].float()
-            s_pos = self.cosine(anchor, pos[layer].float())                  # (B,)
-            s_neg = self.cosine(anchor.unsqueeze(0), neg[layer].float())     # (K, B)
-            logits = torch.cat([s_pos.unsqueeze(1), s_neg.t()], dim=1) / self.temperature
-            labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
-            total = total + weight * F.cross_entropy(logits, labels)
-        return total
+    def layer_cost(self, anchor: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+        """``mean_b CE([s(y), s(n_1), ..., s(n_K)] / tau, class 0)``, summed over the layers by
+        :meth:`~mclir_plugin.losses.contrastive_base.ContrastCostLoss.contrast`."""
+        s_pos = self.cosine(anchor, positive)                   # (B,)
+        s_neg = self.cosine(anchor.unsqueeze(0), negatives)     # (K, B)
+        logits = torch.cat([s_pos.unsqueeze(1), s_neg.t()], dim=1) / self.temperature
+        labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+        return F.cross_entropy(logits, labels)

@@ -37,7 +37,8 @@ import torch
 from basicsr.utils.registry import LOSS_REGISTRY
 
 from mclir_plugin.losses.contrastive_base import ContrastiveLoss
-from mclir_plugin.utils.option_schema import AnyOf, Boolean, Choice, Integer, Number, check_options
+from mclir_plugin.utils.option_schema import AnyOf, Boolean, Choice, Integer, Number
+from mclir_plugin.utils.precision import precision_context
 
 DEFAULT_LAYER_WEIGHTS = {'relu1_2': 0.2, 'relu2_2': 0.3, 'relu3_3': 0.5}
 
@@ -110,41 +111,30 @@ class SPNLoss(ContrastiveLoss):
         'uncertainty_weighting': Boolean(),
     }
     ratio_range = (0.01, 0.1)  # the authors keep l_neg / l_rec there
+    mean_over_negatives = True  # S = (1/N) sum_i s_i: a uniform draw of k negatives gives an unbiased S
+    DEFAULT_LAYER_WEIGHTS = DEFAULT_LAYER_WEIGHTS  # the module's, for layer_weights: ~
 
-    def __init__(self,
-                 loss_weight: float = 1.0,
-                 neg_weight: float = 0.001,
-                 layer_weights: Mapping[str, float] | None = None,
-                 vgg_type: str = 'vgg16',
-                 use_input_norm: bool = True,
-                 range_norm: bool = False,
-                 rec_loss: str = 'l1',
-                 reduction: str = 'mean',
-                 vgg_weights: str = 'imagenet',
-                 vgg_fallback: str = 'error',
-                 channels_last: bool | str = 'auto',
-                 auto_ratio: float = 0.05,
-                 auto_iters: int = 100,
-                 uncertainty_weighting: bool = False) -> None:
-        check_options(self.OPTIONS, locals(), type(self).__name__)  # the arguments by name, as in the option block
+    def __init__(self, loss_weight: float = 1.0, neg_weight: float = 0.001,
+                 layer_weights: Mapping[str, float] | None = None, vgg_type: str = 'vgg16', use_input_norm: bool = True,
+                 range_norm: bool = False, rec_loss: str = 'l1', reduction: str = 'mean', vgg_weights: str = 'imagenet',
+                 vgg_fallback: str = 'error', channels_last: bool | str = 'auto', auto_ratio: float = 0.05,
+                 auto_iters: int = 100, uncertainty_weighting: bool = False) -> None:
+        own, base = self.split_arguments(locals())  # the arguments by name, as in the option block
         auto = neg_weight == 'auto'
         if uncertainty_weighting and rec_loss == 'ssim':
             raise ValueError('SPNLoss: uncertainty_weighting needs a per-pixel reconstruction loss (l1, charbonnier '
                              'or mse), not ssim.')
-        super().__init__(DEFAULT_LAYER_WEIGHTS if layer_weights is None else layer_weights, loss_weight=loss_weight,
-                         neg_weight=0.0 if auto else neg_weight,  # auto: 0 until the criterion has calibrated it
-                         vgg_type=vgg_type, use_input_norm=use_input_norm, range_norm=range_norm, rec_loss=rec_loss,
-                         reduction=reduction, vgg_weights=vgg_weights, vgg_fallback=vgg_fallback,
-                         channels_last=channels_last)
+        super().__init__(**{**base, 'neg_weight': 0.0 if auto else neg_weight})  # auto: 0 until calibrated
         self.auto_neg_weight = auto
-        self.auto_ratio, self.auto_iters = float(auto_ratio), auto_iters
-        self.uncertainty_weighting = uncertainty_weighting
+        self.auto_ratio, self.auto_iters = own['auto_ratio'], own['auto_iters']
+        self.uncertainty_weighting = own['uncertainty_weighting']
 
     def negative_distance(self, pred: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
         """``(1/N) sum_i sum_l alpha_l mean|phi_l(pred) - phi_l(n_i)|`` for negatives of shape (N, *pred.shape)."""
         num_neg = negatives.shape[0]
         feats = self.vgg(pred)
-        with torch.no_grad():  # constants of the graph (not inference tensors: MeanAbsDistance saves them)
+        # constants of the graph (not inference tensors: MeanAbsDistance saves them), at mclir.hook.precision
+        with torch.no_grad(), precision_context(self.negative_dtype, pred.device.type):
             neg_feats = self.vgg(negatives.detach().flatten(0, 1))
         distance = pred.new_zeros(())
         for layer, alpha in self.layer_weights.items():

@@ -21,12 +21,13 @@ with ``@SCHEDULER_REGISTRY.register()`` (constructor ``(optimizer, **options)``)
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 from basicsr.models.lr_scheduler import CosineAnnealingRestartLR, MultiStepRestartLR
 from basicsr.utils.registry import Registry
 from torch.optim.lr_scheduler import CosineAnnealingLR, LRScheduler
+
+from mclir_plugin.utils.option_schema import Integer, Number, check_options
 
 SCHEDULER_REGISTRY = Registry('scheduler')
 SCHEDULER_REGISTRY.register(MultiStepRestartLR)
@@ -35,19 +36,12 @@ SCHEDULER_REGISTRY.register(CosineAnnealingLR)  # torch's, under its own name
 ALIASES = {'MultiStepLR': 'MultiStepRestartLR'}  # BasicSR's name for its MultiStepRestartLR
 
 
-def _positive_int(value: Any, key: str, name: str) -> int:
-    """``value`` as an int (YAML's ``!!float 1e5`` included), or an error naming ``train.scheduler.<key>``."""
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f'train.scheduler.{key} of {name} must be a positive integer, got {value!r}.')
-    return value
+def _iterations(unit: str) -> Integer:
+    """A count of ``unit`` >= 1; YAML's ``!!float 1e5`` counts as the integer 100000."""
+    return Integer(low=1, whole_floats=True, note=unit)
 
 
-def _check_eta_min(eta_min: Any, name: str) -> float:
-    if isinstance(eta_min, bool) or not isinstance(eta_min, (int, float)) or eta_min < 0:
-        raise ValueError(f'train.scheduler.eta_min of {name} must be a number >= 0, got {eta_min!r}.')
-    return float(eta_min)
+ETA_MIN = Number(low=0, note='the smallest rate')
 
 
 @SCHEDULER_REGISTRY.register()
@@ -64,11 +58,12 @@ class TrueCosineAnnealingLR(CosineAnnealingLR):
         last_epoch: Steps already taken (-1: none). Defaults to -1.
     """
 
+    OPTIONS = {'T_max': _iterations('iterations from the initial rate to eta_min'), 'eta_min': ETA_MIN}
+
     def __init__(self, optimizer: torch.optim.Optimizer, T_max: int, eta_min: float = 0.,
                  last_epoch: int = -1) -> None:
-        name = type(self).__name__
-        super().__init__(optimizer, T_max=_positive_int(T_max, 'T_max', name), eta_min=_check_eta_min(eta_min, name),
-                         last_epoch=last_epoch)
+        checked = check_options(self.OPTIONS, locals(), 'train.scheduler')
+        super().__init__(optimizer, **checked, last_epoch=last_epoch)
 
 
 @SCHEDULER_REGISTRY.register()
@@ -88,12 +83,13 @@ class EpochCosineAnnealingLR(LRScheduler):
         last_epoch: Iteration steps already taken (-1: none). Defaults to -1.
     """
 
+    OPTIONS = {'T_max': _iterations('epochs from the initial rate to eta_min'),
+               'epoch_length': _iterations('iterations per epoch'), 'eta_min': ETA_MIN}
+
     def __init__(self, optimizer: torch.optim.Optimizer, T_max: int, epoch_length: int, eta_min: float = 0.,
                  last_epoch: int = -1) -> None:
-        name = type(self).__name__
-        self.T_max = _positive_int(T_max, 'T_max', name)
-        self.epoch_length = _positive_int(epoch_length, 'epoch_length', name)  # iterations per epoch
-        self.eta_min = _check_eta_min(eta_min, name)
+        checked = check_options(self.OPTIONS, locals(), 'train.scheduler')
+        self.T_max, self.epoch_length, self.eta_min = checked['T_max'], checked['epoch_length'], checked['eta_min']
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self) -> list[float]:

@@ -52,11 +52,12 @@ from mclir_plugin.losses.contrastive_base import ContrastiveLoss
 from mclir_plugin.losses.contrastive_criterion import ContrastiveCriterion, LambdaCalibration, all_ranks_agree
 from mclir_plugin.utils.option_schema import Boolean, Choice, Integer, Number, Optional, OptionError, check_options
 from mclir_plugin.utils.option_imports import import_option_modules
+from mclir_plugin.utils.precision import refuse_deformable_convs
 from mclir_plugin.utils.options import accepted_kwargs, check_call_kwargs, check_keys, naming_the_file
-from mclir_plugin.utils.exact_resume import PROGRESS, preserved_rng, schedule_resume
+from mclir_plugin.utils.exact_resume import TrainProgress, preserved_rng
 
-MCLIR_KEYS = ('base_model', 'hook', 'amp', 'neg_every', 'neg_batch_fraction', 'max_nonfinite_steps', 'visualize',
-              'grad_clip', 'import_modules')
+MCLIR_KEYS = ('base_model', 'hook', 'amp', 'neg_every', 'neg_batch_fraction', 'neg_per_step', 'max_nonfinite_steps',
+              'visualize', 'grad_clip', 'import_modules')
 STATE_KEY = 'mclir'
 QUEUE_KEY = 'realesrgan_queue'
 AMP_DTYPES = {'none': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
@@ -77,6 +78,7 @@ class MCLIRMixin:
 
     negative_hook: HistoryNegativeHook
     cri_pix: ContrastiveCriterion
+    train_progress: TrainProgress  # the run's epoch position and random states (exact resume), see below
 
     def init_training_settings(self) -> None:
         logger = get_root_logger()
@@ -87,6 +89,9 @@ class MCLIRMixin:
         self.nonfinite_in_a_row = 0
         # the newest complete training state: named when non-finite losses stop the run (none are written in a streak)
         self.last_checkpoint: str | None = self.opt['path'].get('resume_state')
+        # this model's own until the training pipeline hands it the one its train loader writes (compat's
+        # build_model wrapper): saves and resumes then follow that loader, and no other run shares it
+        self.train_progress = TrainProgress()
         super().init_training_settings()
         refuse_cpu_amp_with_deformable_convs(self.net_g, self.amp_dtype, self.device)
         # fp16 needs loss scaling; bf16 has fp32's range and does not. Disabled, the scaler is a pass-through.
@@ -110,7 +115,8 @@ class MCLIRMixin:
         logger.info('MCLIR: ' + bank.describe())
         self.cri_pix = ContrastiveCriterion(loss, bank, neg_every=self.step_options.neg_every,
                                             neg_batch_fraction=self.step_options.neg_batch_fraction,
-                                            dist=bool(self.opt['dist']), source=lambda: self.get_bare_model(self.net_g))
+                                            dist=bool(self.opt['dist']), source=lambda: self.get_bare_model(self.net_g),
+                                            neg_per_step=self.step_options.neg_per_step)
 
     @property
     def calibration(self) -> LambdaCalibration | None:
@@ -135,6 +141,8 @@ class MCLIRMixin:
         self.nonfinite_in_a_row = 0
         self.cri_pix.end_step(current_iter)
         self.negative_hook.bank.step(self.get_bare_model(self.net_g), current_iter)
+        if self.cri_pix.neg_per_step and current_iter % ((self.opt.get('logger') or {}).get('print_freq') or 100) == 0:
+            get_root_logger().info('MCLIR: ' + self.cri_pix.draw_report(current_iter))  # which negatives were used
 
     @contextlib.contextmanager
     def step_context(self) -> Iterator[StepGuard]:
@@ -255,17 +263,18 @@ class MCLIRMixin:
         * ``'mclir'``: the negatives and their counters;
         * ``'neg_weight'``: the criterion's ``neg_weight`` (calibrated by ``neg_weight: auto``) and calibration;
         * ``'realesrgan_queue'``: Real-ESRGAN's training-pair queue (``queue_lr``, ``queue_gt``, ``queue_ptr``);
-        * ``'progress'``: every rank's random states and the position in the epoch (see :mod:`mclir_plugin.utils.exact_resume`).
+        * ``'progress'``: every rank's random states and the position in the epoch, from ``train_progress``
+          (:mod:`mclir_plugin.utils.exact_resume`).
 
         Called on every rank (the random states are gathered), unlike BasicSR's master-only version.
         """
         if current_iter == -1:
             return
-        progress = [PROGRESS.state()]
+        progress = [self.train_progress.state()]
         rank, world_size = get_dist_info()
         if world_size > 1:
             progress = [None] * world_size
-            torch.distributed.all_gather_object(progress, PROGRESS.state())
+            torch.distributed.all_gather_object(progress, self.train_progress.state())
         if rank != 0:
             return
         state = {'epoch': epoch, 'iter': current_iter,
@@ -308,7 +317,7 @@ class MCLIRMixin:
             logger.warning(f'Exact resume skipped: the checkpoint was written by {len(progress)} process(es), this run '
                            f'has {world_size}; the interrupted epoch restarts from its first batch.')
         else:
-            schedule_resume(progress[rank])
+            self.train_progress.schedule_resume(progress[rank])
 
     def validation(self, dataloader, current_iter, tb_logger, save_img=False):
         """The base model's validation, then (``mclir.visualize``) a picture of the negatives; leaves every random
@@ -432,6 +441,7 @@ class StepOptions:
     amp_dtype: torch.dtype | None = None
     neg_every: int = 1
     neg_batch_fraction: float = 1.0
+    neg_per_step: int | None = None
     max_nonfinite_steps: int = 10
     visualize: bool = True
     grad_clip: float = 0.0
@@ -441,6 +451,7 @@ STEP_OPTIONS = {  # the schema of the block's step options; StepOptions holds wh
     'amp': Choice(*AMP_DTYPES),
     'neg_every': Integer(low=1, note='1 = every step'),
     'neg_batch_fraction': Number(0, 1, low_open=True, note='1 = the whole batch'),
+    'neg_per_step': Optional(Integer(low=1), note='at most the number of negatives; ~ = all of them'),
     'max_nonfinite_steps': Integer(low=1),
     'visualize': Boolean(),
     'grad_clip': Optional(Number(low=0), note='the max gradient norm; 0 or ~ = off'),
@@ -452,14 +463,9 @@ def refuse_cpu_amp_with_deformable_convs(net: torch.nn.Module, amp_dtype: torch.
     """Refuse ``mclir.amp`` on CPU for networks with deformable convolutions (EDVR's DCNv2Pack).
 
     torchvision's ``deform_conv2d`` has no bf16/fp16 CPU kernel, so such a step would stop at its first forward.
+    (The same check refuses ``mclir.hook.precision`` bf16/fp16 for such a network's negatives on CPU.)
     """
-    if amp_dtype is None or device.type != 'cpu':
-        return
-    from basicsr.archs.arch_util import ModulatedDeformConvPack
-    if any(isinstance(m, ModulatedDeformConvPack) for m in net.modules()):
-        raise ValueError(f'mclir.amp: {AMP_DTYPES_NAMES[amp_dtype]} on CPU cannot run this network: its deformable '
-                         'convolutions (torchvision deform_conv2d, as in EDVR) have no bf16/fp16 CPU kernel. Use '
-                         '`mclir.amp: none` on CPU (AMP works on CUDA).')
+    refuse_deformable_convs(net, amp_dtype, device, 'mclir.amp', 'none')
 
 
 def read_step_options(mclir_opt: dict[str, Any]) -> StepOptions:

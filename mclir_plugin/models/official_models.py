@@ -38,6 +38,7 @@ from basicsr.utils import get_root_logger
 from basicsr.utils.registry import MODEL_REGISTRY
 
 from mclir_plugin.models.mclir_model import MCLIRModel
+from mclir_plugin.utils.option_schema import Integer
 from mclir_plugin.utils.options import naming_the_file
 
 # Official defaults of neg_start: SRNegModel 0.999 (almost all random), SRNegModel_Multi and its subclasses 0.01.
@@ -289,9 +290,9 @@ def _hook(official: dict, kind: OfficialType, name: str) -> dict:
         if neg_decay is None:
             raise ValueError(f'train.neg_decay ({name}): required, one decay per negative (the official model '
                              'indexes it), for example [0.1, 0.1, 0.1, 0.1].')
-    elif not isinstance(neg_iter, int) or isinstance(neg_iter, bool) or neg_iter <= 0:
-        raise ValueError(f'train.neg_iter ({name}): one negative, so one positive integer (the official default 0 '
-                         f'divides by zero), got {neg_iter!r}; use {name}_Multi for a list.')
+    else:
+        Integer(low=1, note=f'{name} has one negative: one refresh interval (the official default 0 divides by '
+                            f'zero); use {name}_Multi for a list')(neg_iter, 'train.neg_iter')
     hook = {'type': 'HistoryNegativeHook', 'neg_iter': neg_iter if kind.multi else [neg_iter],
             'neg_decay': 0 if neg_decay is None else neg_decay,
             'neg_start': official.get('neg_start', NEG_START_MULTI if kind.multi else NEG_START_SINGLE),

@@ -109,6 +109,7 @@ def read_save_best(opt: dict[str, Any]) -> dict[str, Any] | None:
         KeyError: An unknown key, or a metric that is not in ``val.metrics``.
         ValueError: A dataset that is not a validation set, or a ``better`` other than higher/lower.
     """
+    from mclir_plugin.utils.option_schema import Choice
     from mclir_plugin.utils.options import check_keys
 
     val = opt.get('val') or {}
@@ -126,9 +127,7 @@ def read_save_best(opt: dict[str, Any]) -> dict[str, Any] | None:
     if metric not in metrics:
         raise KeyError(f"val.save_best.metric {metric!r} is not a key of val.metrics (it has: "
                        f"{', '.join(metrics) or 'none'}); name one of them, e.g. psnr_float.")
-    better = metrics[metric].get('better', 'higher')
-    if better not in ('higher', 'lower'):
-        raise ValueError(f"val.metrics.{metric}.better is {better!r}: use higher or lower.")
+    better = Choice('higher', 'lower')(metrics[metric].get('better', 'higher'), f'val.metrics.{metric}.better')
     names = _validation_set_names(opt)
     dataset = spec.get('dataset') or (names[0] if names else None)
     if opt.get('is_train', True) and names and dataset not in names:

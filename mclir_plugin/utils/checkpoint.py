@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from typing import Any
 
 import torch
 
 logger = logging.getLogger('basicsr')
 TMP_SUFFIX = '.tmp'
+_STATE_NAME = re.compile(r'(\d+)\.state')  # training_states/<iter>.state, as BasicSR names them
 
 
 class CheckpointWriteError(OSError):
@@ -88,6 +90,26 @@ def remove_stale_temporaries(*folders: str) -> list[str]:
                 _remove_quietly(os.path.join(folder, name))
                 removed.append(os.path.join(folder, name))
     return removed
+
+
+def newest_training_state(state_dir: str) -> str | None:
+    """The path of the newest complete training state in ``state_dir``, or None when there is none.
+
+    Complete means a finished ``<iter>.state`` file: :func:`atomic_torch_save` writes it under that name only once
+    the write is done, so a ``<iter>.state.tmp`` left by a killed save is never taken, nor is any other name
+    (``latest.state``, ``notes.txt``) or a folder. Newest means the highest iteration, compared as a number
+    (``10.state`` after ``9.state``). The one rule of ``--auto_resume`` and of every command that looks for a
+    run's resume point.
+
+    Args:
+        state_dir: A run's ``training_states`` folder (``opt['path']['training_states']``); a folder that does
+            not exist holds none.
+    """
+    if not os.path.isdir(state_dir):
+        return None
+    found = [(int(m[1]), name) for name in os.listdir(state_dir) if (m := _STATE_NAME.fullmatch(name))
+             and os.path.isfile(os.path.join(state_dir, name))]
+    return os.path.join(state_dir, max(found)[1]) if found else None
 
 
 def is_damaged_file_error(err: BaseException) -> bool:

@@ -15,10 +15,14 @@ from __future__ import annotations
 import contextlib
 import datetime
 import logging
-import math
 from typing import Any, Iterator
 
+from mclir_plugin.utils.option_schema import Number
+
 DEFAULT_TIMEOUT_MIN = 30.0  # torch's default for gloo (NCCL's is 10): validation on rank 0 must fit in it
+
+TIMEOUT = Number(low=0, low_open=True, note=f'minutes a collective operation waits for a stalled rank; default '
+                                             f'{DEFAULT_TIMEOUT_MIN:g}')
 
 _STATE: dict[str, Any] = {'iteration': None, 'timeout_min': None}
 
@@ -32,10 +36,7 @@ def read_timeout(opt: dict[str, Any]) -> float:
     value = (opt.get('dist_params') or {}).get('timeout', DEFAULT_TIMEOUT_MIN)
     if value is None:
         value = DEFAULT_TIMEOUT_MIN
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f'dist_params.timeout must be a number of minutes > 0 (how long a collective operation '
-                         f'waits for a stalled rank; default {DEFAULT_TIMEOUT_MIN:g}), got {value!r}.')
-    return float(value)
+    return TIMEOUT(value, 'dist_params.timeout')
 
 
 def apply_timeout(opt: dict[str, Any]) -> float | None:

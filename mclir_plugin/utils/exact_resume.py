@@ -4,13 +4,18 @@ BasicSR 1.4.2 saves the epoch and iteration but no random state, and on resume i
 from its first batch. So a resumed run sees other crops, other flips and other dropout draws than the run it
 continues. This module closes the gap without changing BasicSR's loop:
 
-* :class:`ResumableLoader` wraps the training loader (``compat`` installs it). It counts the batches handed out in
-  the current epoch and records the random states at the moment the epoch's iterator is created.
+* One :class:`TrainProgress` per training run holds where training stands inside the epoch. Nothing here is
+  global: ``compat`` wraps BasicSR's ``create_train_val_dataloader`` and ``build_model`` so that the run's loader
+  and model share the run's object (:func:`resumable_train_loader` creates it and leaves it in the options dict,
+  :func:`take_progress` takes it out for the model), and a second run in the same process starts from a fresh one.
+* :class:`ResumableLoader` wraps the training loader. It counts the batches handed out in the current epoch and
+  records the random states at the moment the epoch's iterator is created.
 * A training state (``MCLIRModel.save_training_state``) stores, per rank, the random states at the save
   (torch CPU and CUDA, numpy, python) and at the start of the epoch, plus the number of batches consumed.
-* On resume the loader restores the epoch-start states, creates the iterator (so workers get the same seeds),
-  *replays* the consumed batches (loading and discarding them, which reproduces every worker's random stream),
-  then restores the states of the save. Replaying costs at most one epoch of data loading.
+* On resume (:meth:`TrainProgress.schedule_resume`) the loader restores the epoch-start states, creates the
+  iterator (so workers get the same seeds), *replays* the consumed batches (loading and discarding them, which
+  reproduces every worker's random stream), then restores the states of the save. Replaying costs at most one
+  epoch of data loading.
 
 Caveats up front: ``persistent_workers: true`` keeps worker random streams across epochs, which a fresh process
 cannot rebuild, so resume is exact only without it; a resume with another world size or batch size skips the replay
@@ -68,7 +73,12 @@ def preserved_rng():
 
 
 class TrainProgress:
-    """Where training stands inside the current epoch; one per process, shared by loader and model."""
+    """Where one training run stands inside the current epoch, shared by its loader and its model.
+
+    The run's :class:`ResumableLoader` writes it (batches handed out, random states at the epoch start), the
+    model's ``save_training_state`` reads it, and a resume arms it (:meth:`schedule_resume`) for the loader's next
+    epoch iterator. Each run makes its own, so nothing carries over to a later run in the same process.
+    """
 
     def __init__(self) -> None:
         self.epoch_start_rng: dict[str, Any] | None = None
@@ -81,8 +91,23 @@ class TrainProgress:
         return {'rng': capture_rng(), 'epoch_start_rng': self.epoch_start_rng,
                 'batches_in_epoch': self.batches_in_epoch, 'batch_size': self.batch_size}
 
+    def schedule_resume(self, rank_state: dict[str, Any]) -> bool:
+        """Arm the replay for the next epoch iterator from this rank's saved progress; False if it cannot be exact.
 
-PROGRESS = TrainProgress()
+        Args:
+            rank_state: This rank's entry of a training state's ``progress`` list (:meth:`state` at the save).
+        """
+        if rank_state.get('epoch_start_rng') is None:
+            logger.warning('Exact resume: the checkpoint was saved before any epoch started; random states '
+                           'restored only.')
+            restore_rng(rank_state['rng'])
+            return False
+        if self.batch_size is not None and rank_state.get('batch_size') not in (None, self.batch_size):
+            logger.warning(f"Exact resume skipped: batch size changed ({rank_state['batch_size']} -> "
+                           f'{self.batch_size}); the interrupted epoch restarts from its first batch.')
+            return False
+        self.pending = rank_state
+        return True
 
 
 class _CountingIterator:
@@ -116,9 +141,10 @@ class ResumableLoader:
     attribute (``dataset``, ``sampler``, ``batch_size``...) is the wrapped loader's.
     """
 
-    def __init__(self, loader, progress: TrainProgress = PROGRESS) -> None:
+    def __init__(self, loader, progress: TrainProgress | None = None) -> None:
+        """Wrap ``loader``; ``progress`` is the run's :class:`TrainProgress` (Defaults to a new one)."""
         self.loader = loader
-        self.progress = progress
+        self.progress = progress = TrainProgress() if progress is None else progress
         progress.batch_size = getattr(loader, 'batch_size', None)
         if getattr(loader, 'persistent_workers', False):
             logger.warning('persistent_workers is on: worker random streams span epochs, so a resumed run cannot '
@@ -139,15 +165,23 @@ class ResumableLoader:
         return _CountingIterator(iter(self.loader), self.progress, pending)
 
 
-def schedule_resume(rank_state: dict[str, Any], progress: TrainProgress = PROGRESS) -> bool:
-    """Arm the replay for the next epoch iterator from this rank's saved progress; False if it cannot be exact."""
-    if rank_state.get('epoch_start_rng') is None:
-        logger.warning('Exact resume: the checkpoint was saved before any epoch started; random states restored only.')
-        restore_rng(rank_state['rng'])
-        return False
-    if progress.batch_size is not None and rank_state.get('batch_size') not in (None, progress.batch_size):
-        logger.warning(f"Exact resume skipped: batch size changed ({rank_state['batch_size']} -> "
-                       f'{progress.batch_size}); the interrupted epoch restarts from its first batch.')
-        return False
-    progress.pending = rank_state
-    return True
+# The key under which the run's progress travels in the options dict, from the loader to the model (BasicSR's
+# pipeline passes that one dict to both); popped before the model is built, so no option dump or copy sees it.
+_OPT_KEY = '_mclir_train_progress'
+
+
+def resumable_train_loader(opt: dict[str, Any], loader) -> ResumableLoader:
+    """Wrap the run's training ``loader`` in a :class:`ResumableLoader` with a new :class:`TrainProgress`, and put
+    that progress in ``opt``, where :func:`take_progress` finds it for the same run's model."""
+    wrapped = ResumableLoader(loader)
+    opt[_OPT_KEY] = wrapped.progress
+    return wrapped
+
+
+def take_progress(opt: dict[str, Any]) -> TrainProgress | None:
+    """Remove the run's progress from ``opt`` and return it (None when no training loader was made for ``opt``).
+
+    Called before the model is built: ``build_model`` deep-copies the options, and the model must get this very
+    object, not a copy.
+    """
+    return opt.pop(_OPT_KEY, None)

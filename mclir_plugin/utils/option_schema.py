@@ -1,8 +1,8 @@
 """Typed checks of option values: one small schema per option block, one message shape for all of them.
 
 A schema maps each key of a block to a check (:class:`Boolean`, :class:`Number`, :class:`Integer`,
-:class:`Choice`, :class:`Text`, :class:`ListOf`, :class:`OneOrList`, :class:`MappingOf`, :class:`Optional`,
-:class:`AnyOf`). :func:`check_options` runs it and every failure reads the same way::
+:class:`Choice`, :class:`Text`, :class:`Interval`, :class:`ListOf`, :class:`OneOrList`, :class:`MappingOf`,
+:class:`Optional`, :class:`AnyOf`). :func:`check_options` runs it and every failure reads the same way::
 
     mclir.hook.update_buffers must be true or false, got 'no' (text, not a boolean: write it without quotes).
 
@@ -42,6 +42,10 @@ class OptionError(ValueError):
         if self.key is None:
             return type(self)(f'{prefix}: {self.args[0]}')
         return type(self).of(f'{prefix}.{self.key}', self.value, self.allowed)
+
+    def within(self, place: str) -> 'OptionError':
+        """The same error said of ``place`` (a named dataset, a file): ``<place>: <key> must be ...``."""
+        return type(self)(f'{place}: {self.args[0]}', self.key, self.value, self.allowed)
 
 
 def _hint(value: Any, allowed: str) -> str:
@@ -114,7 +118,11 @@ class Number(Check):
             bounds = f" {'<' if high_open else '<='} {high}"
         else:
             bounds = ''
-        self.allowed = self.kind + bounds + (f' ({note})' if note else '')
+        self.allowed = self.kind + bounds + self._more() + (f' ({note})' if note else '')
+
+    def _more(self) -> str:
+        """Further conditions, in words, after the bounds (a subclass's)."""
+        return ''
 
     def accepts(self, value: Any) -> bool:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -128,15 +136,34 @@ class Number(Check):
 
 
 class Integer(Number):
-    """An integer (not a bool, not a float such as 10.0) within optional bounds; returned as int."""
+    """An integer (not a bool, not a float such as 10.0) within optional bounds; returned as int.
+
+    Args:
+        low, high, low_open, high_open, note: As :class:`Number`'s.
+        multiple_of: The value must be a multiple of this (a crop side of the scale), or None. Defaults to None.
+        whole_floats: Also accept a float with a whole value (YAML 1.1 reads ``1e5`` as text, so users write
+            ``!!float 1e5`` for an iteration count), returned as int. Defaults to False.
+    """
 
     kind = 'an integer'
 
+    def __init__(self, low: float | None = None, high: float | None = None, low_open: bool = False,
+                 high_open: bool = False, note: str = '', multiple_of: int | None = None,
+                 whole_floats: bool = False) -> None:
+        self.multiple_of, self.whole_floats = multiple_of, whole_floats
+        super().__init__(low, high, low_open, high_open, note)
+
+    def _more(self) -> str:
+        return f', a multiple of {self.multiple_of}' if self.multiple_of else ''
+
     def accepts(self, value: Any) -> bool:
-        return isinstance(value, int) and super().accepts(value)
+        if self.whole_floats and isinstance(value, float) and value.is_integer():
+            value = int(value)
+        return isinstance(value, int) and super().accepts(value) and \
+            not (self.multiple_of and value % self.multiple_of)
 
     def __call__(self, value: Any, key: str) -> int:
-        return Check.__call__(self, value, key)
+        return int(Check.__call__(self, value, key))
 
 
 class Choice(Check):
@@ -221,6 +248,30 @@ class OneOrList(ListOf):
         if isinstance(value, (list, tuple)):
             return super().__call__(value, key)
         return self.item(value, key)
+
+
+class Interval(Check):
+    """A pair ``[min, max]`` of finite numbers with ``low <= min <= max <= high``; returned as a float tuple.
+
+    Args:
+        low: Lower bound of both numbers. Defaults to -inf.
+        high: Upper bound of both numbers. Defaults to inf.
+    """
+
+    def __init__(self, low: float = -math.inf, high: float = math.inf) -> None:
+        self.low, self.high = low, high
+        bounds = (f'{low} <= ' if math.isfinite(low) else '') + 'min <= max' + \
+            (f' <= {high}' if math.isfinite(high) else '')
+        self.allowed = f'a pair [min, max] of numbers with {bounds}'
+
+    def accepts(self, value: Any) -> bool:
+        if not isinstance(value, (list, tuple)) or len(value) != 2 or not all(Number().accepts(v) for v in value):
+            return False
+        return self.low <= value[0] <= value[1] <= self.high
+
+    def __call__(self, value: Any, key: str) -> tuple[float, float]:
+        low, high = super().__call__(value, key)
+        return float(low), float(high)
 
 
 class MappingOf(Check):

@@ -1,29 +1,49 @@
 """Checks of user options that end in an error naming the key, the place and the likely fix."""
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import difflib
 import inspect
 import re
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 
-OPTION_FILE: str | None = None  # the -opt file of this process, set by the entry points (tools/train.py, ...)
+# The -opt file of the running command, for option errors: set only inside :func:`naming_option_file`'s block
+# (the entry point wraps its whole run in it), so it never outlives the run nor reaches a later one in this process
+_OPTION_FILE: contextvars.ContextVar[str | None] = contextvars.ContextVar('mclir_option_file', default=None)
 
 
-def remember_option_file(argv: list[str]) -> None:
-    """Note the ``-opt`` argument of ``argv`` so that option errors can name the file."""
-    global OPTION_FILE
+def option_file_in(argv: list[str]) -> str | None:
+    """The ``-opt`` argument of ``argv`` (the last one, as argparse keeps it), or None."""
+    found = None
     for flag, value in zip(argv, argv[1:]):
         if flag == '-opt':
-            OPTION_FILE = value
+            found = value
+    return found
+
+
+@contextlib.contextmanager
+def naming_option_file(path: str | None) -> Iterator[None]:
+    """Inside the block, :func:`naming_the_file` names ``path`` (the run's option file; None names nothing).
+
+    The entry points (``mclir-train``) wrap the whole run in it; when the block ends the previous value (usually
+    none) is back, so a later run in the same process cannot inherit this one's file.
+    """
+    token = _OPTION_FILE.set(path)
+    try:
+        yield
+    finally:
+        _OPTION_FILE.reset(token)
 
 
 def naming_the_file(err: Exception) -> Exception:
-    """``err`` again with `` (option file: <path>)`` appended, when the entry point knows the file."""
+    """``err`` again with `` (option file: <path>)`` appended, inside :func:`naming_option_file`'s block."""
+    option_file = _OPTION_FILE.get()
     message = str(err.args[0]) if err.args else str(err)
-    if OPTION_FILE is None or OPTION_FILE in message:
+    if option_file is None or option_file in message:
         return err
-    return type(err)(f'{message} (option file: {OPTION_FILE})')
+    return type(err)(f'{message} (option file: {option_file})')
 
 
 def check_keys(given: Mapping[str, Any], allowed: Iterable[str], where: str) -> None:

@@ -20,8 +20,12 @@ import logging
 import warnings
 from typing import Any
 
+from mclir_plugin.utils.option_schema import Choice
+
 logger = logging.getLogger('basicsr')
 CHOICES = ('checkpoint', 'options')
+RESUME_LR = Choice(*CHOICES, note="checkpoint: the training state's learning rate and scheduler, BasicSR's behaviour; "
+                                  "options: the option file's train.optim_g.lr and train.scheduler")
 
 
 def read_resume_lr(opt: dict[str, Any]) -> str:
@@ -29,11 +33,7 @@ def read_resume_lr(opt: dict[str, Any]) -> str:
     value = (opt.get('train') or {}).get('resume_lr', 'checkpoint')
     if value is None:
         return 'checkpoint'
-    if value not in CHOICES:
-        raise ValueError(f"train.resume_lr must be 'checkpoint' (the training state's learning rate and scheduler, "
-                         f"BasicSR's behaviour) or 'options' (the option file's train.optim_g.lr and "
-                         f'train.scheduler), got {value!r}.')
-    return value
+    return RESUME_LR(value, 'train.resume_lr')
 
 
 def _option_lrs(model) -> list[float | None]:

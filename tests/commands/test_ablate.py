@@ -1,40 +1,48 @@
 import mclir_plugin  # noqa: F401
 
-# tools/ablate.py end to end on a tiny study: options/demo.yml (baseline), options/demo_spn.yml (spn) and a variant
-# whose network does not exist (broken), 2 seeds x 4 iterations of a one-block SwinIR on the CPU, trained by
-# tools/train.py in subprocesses. The study is trained once (module fixture); the resume test re-runs it, last.
+# The ablate command end to end on a tiny study: options/demo.yml (baseline), options/demo_spn.yml (spn) and a
+# variant whose network does not exist (broken), 2 seeds x 4 iterations of a one-block SwinIR on the CPU. The command
+# runs in this process (its CLI is not the point); each run is trained in a subprocess, as in a real study. The
+# study is trained once (module fixture); the resume test re-runs it, last.
 import csv
+import io
 import json
 import math
 import os
 import re
 import statistics
 import struct
+from contextlib import redirect_stderr, redirect_stdout
 
 import pytest
 import yaml
 
-from conftest import REPO, run_tool
-from mclir_plugin.commands.ablate import main as ablate_main, parse_value
-from mclir_plugin.commands.compare import load_run
+from conftest import REPO
+from mclir_plugin.commands.ablate import main as ablate_main
+from mclir_plugin.studies.run_logs import load_run
 
 ITERS, SEEDS, STUDY = 4, (0, 1), 'tiny'
 TINY = ['network_g:depths=[2]', 'network_g:num_heads=[2]', 'network_g:embed_dim=8',
         'datasets:train:batch_size_per_gpu=2', 'datasets:train:gt_size=32', 'datasets:train:num_worker_per_gpu=0',
-        'val:val_freq=2', 'logger:print_freq=1', 'logger:save_checkpoint_freq=2', 'logger:use_tb_logger=false',
-        'num_gpu=0']
+        'datasets:val:val_size=64', 'val:val_freq=2', 'logger:print_freq=1', 'logger:save_checkpoint_freq=2',
+        'logger:use_tb_logger=false', 'num_gpu=0']
 OPTIONS = [os.path.join(REPO, 'options', 'demo.yml'), os.path.join(REPO, 'options', 'demo_spn.yml')]
 VARIANTS = ('baseline', 'spn', 'broken')
 
 
-def study_args(workdir: str) -> list[str]:
+def study_args(workdir: str, broken: bool = True) -> list[str]:
     return ['--workdir', workdir, '-opt', OPTIONS[0], '--spn', OPTIONS[1],
-            '--variant', 'broken', 'network_g:type=NoSuchArch',
+            *(['--variant', 'broken', 'network_g:type=NoSuchArch'] if broken else []),
             '--iters', str(ITERS), '--seeds', *map(str, SEEDS), '--override', *TINY]
 
 
-def ablate(cwd, *args: str):
-    return run_tool([os.path.join(REPO, 'tools', 'ablate.py'), *args], cwd=cwd, env={'OMP_NUM_THREADS': '1'})
+def ablate(args: list[str]) -> dict:
+    """``{'code', 'out', 'err'}`` of the ablate command run here; the trainings it starts get one thread each."""
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, redirect_stdout(out), redirect_stderr(err):
+        patch.setenv('OMP_NUM_THREADS', '1')
+        code = ablate_main(args)
+    return {'code': code, 'out': out.getvalue(), 'err': err.getvalue()}
 
 
 def read_csv(path) -> list[dict]:
@@ -44,9 +52,8 @@ def read_csv(path) -> list[dict]:
 
 @pytest.fixture(scope='module')
 def study(tmp_path_factory):
-    cwd = tmp_path_factory.mktemp('ablate')
-    proc = ablate(cwd, *study_args('studies/tiny'))
-    return {'cwd': cwd, 'workdir': os.path.join(cwd, 'studies', 'tiny'), 'proc': proc}
+    workdir = str(tmp_path_factory.mktemp('ablate') / 'studies' / STUDY)
+    return {'workdir': workdir, **ablate(study_args(workdir))}
 
 
 def run_dir(study, variant: str, seed: int) -> str:
@@ -61,7 +68,7 @@ def last_logged_psnr(folder: str) -> float:
 
 
 def test_table_has_one_row_per_variant_and_kind_with_statistics_of_the_logs(study):
-    assert study['proc'].returncode == 1, study['proc'].stderr[-3000:]  # 1: a run failed (the broken variant)
+    assert study['code'] == 1, study['out'][-3000:] + study['err'][-3000:]  # 1: a run failed (the broken variant)
     rows = read_csv(os.path.join(study['workdir'], 'results.csv'))
     assert [(r['kind'], r['variant']) for r in rows] == [(k, v) for k in ('final', 'best') for v in VARIANTS]
     assert {(r['dataset'], r['metric']) for r in rows} == {('SyntheticSR-val', 'psnr')}
@@ -88,7 +95,7 @@ def test_table_has_one_row_per_variant_and_kind_with_statistics_of_the_logs(stud
     for (variant, seed), value in finals.items():
         assert value == last_logged_psnr(run_dir(study, variant, seed))
     assert finals[('baseline', 0)] != finals[('baseline', 1)]
-    out = study['proc'].stdout
+    out = study['out']
     assert re.search(r'SyntheticSR-val\s+psnr\s+spn\s+2/2\s+[\d.]+ ± [\d.]+\s+[+-][\d.]+', out), out[-3000:]
 
 
@@ -98,7 +105,7 @@ def test_each_run_has_its_exact_option_file_and_study_json_lists_the_commands(st
     assert [(r['variant'], r['seed']) for r in record['runs']] == [(v, s) for v in VARIANTS for s in SEEDS]
     for run in record['runs']:
         command = run['attempts'][-1]['command']
-        assert command[-2:] == ['-opt', f'options/{run["name"]}.yml'] and command[1].endswith('tools/train.py')
+        assert command[1:] == ['-m', 'mclir_plugin.commands.train', '-opt', f'options/{run["name"]}.yml']
         assert run['attempts'][-1]['cwd'] == study['workdir']
         with open(os.path.join(study['workdir'], run['option_file']), encoding='utf-8') as file:
             opt = yaml.safe_load(file)
@@ -108,7 +115,10 @@ def test_each_run_has_its_exact_option_file_and_study_json_lists_the_commands(st
         if run['status'] == 'ok':  # BasicSR copied the very file into the run folder
             assert os.path.isfile(os.path.join(run_dir(study, run['variant'], run['seed']), f'{run["name"]}.yml'))
     assert record['versions']['basicsr'] == '1.4.2' and record['versions']['torch']
+    assert record['versions']['mclir_plugin'] == mclir_plugin.__version__ and 'mclir_plugin_commit' not in record[
+        'versions']  # installed versions only: nothing is read from a checkout
     assert record['machine']['cpu_count'] == os.cpu_count() and record['machine']['platform']
+    assert record['invocations'][0]['argv'][1:3] == ['-m', 'mclir_plugin.commands.ablate']
     assert record['invocations'][0]['argv'][-len(TINY):] == TINY
 
 
@@ -120,7 +130,7 @@ def test_results_png_is_a_real_png(study):
 
 
 def test_failing_variant_is_reported_and_the_others_still_make_the_table(study):
-    out = study['proc'].stdout
+    out = study['out']
     for seed in SEEDS:
         assert f'{STUDY}_broken_s{seed}: FAILED (exit code 1)' in out
     assert "No object named 'NoSuchArch'" in out
@@ -163,26 +173,26 @@ def test_bad_studies_stop_before_training_with_the_reason(tmp_path, capsys, extr
     assert not (tmp_path / 'w' / 'experiments').exists()
 
 
-def test_override_values_read_like_option_file_values():
-    assert parse_value('1e-3') == 0.001 and parse_value('!!float 5e3') == 5000.0
-    assert parse_value('[2, 2]') == [2, 2] and parse_value('~') is None and parse_value('false') is False
-    assert parse_value('{type: calculate_ssim, crop_border: 4}') == {'type': 'calculate_ssim', 'crop_border': 4}
-
-
 def test_rerun_after_deleting_one_latest_checkpoint_redoes_only_that_run(study):
-    """Last in the file: it changes the study folder."""
+    """Last in the file: it changes the study folder.
+
+    The same command plans: done runs skipped, the run with training states resumed, failed runs retried (checked
+    with --launch print). The rerun then leaves the broken variant out, so that only the resumed run trains.
+    """
     results = os.path.join(study['workdir'], 'results.csv')
-    before = read_csv(results)
+    before = [r for r in read_csv(results) if r['variant'] != 'broken']
     latest = {(v, s): os.path.join(run_dir(study, v, s), 'models', 'net_g_latest.pth')
               for v in ('baseline', 'spn') for s in SEEDS}
     os.remove(latest[('spn', 1)])
     mtimes = {key: os.path.getmtime(path) for key, path in latest.items() if key != ('spn', 1)}
-    proc = ablate(study['cwd'], *study_args('studies/tiny'))
-    assert proc.returncode == 1, proc.stderr[-3000:]
-    plan = dict(re.findall(r'^  (tiny_\S+)\s+(done|resume|fresh|retry)', proc.stdout, re.MULTILINE))
+    printed = ablate([*study_args(study['workdir']), '--launch', 'print'])
+    assert printed['code'] == 0, printed['err'][-3000:]
+    plan = dict(re.findall(r'^  (tiny_\S+)\s+(done|resume|fresh|retry)', printed['out'], re.MULTILINE))
     assert plan == {'tiny_baseline_s0': 'done', 'tiny_baseline_s1': 'done', 'tiny_spn_s0': 'done',
                     'tiny_spn_s1': 'resume', 'tiny_broken_s0': 'retry', 'tiny_broken_s1': 'retry'}
-    assert '3 run(s) done already, 3 to train.' in proc.stdout
+    rerun = ablate(study_args(study['workdir'], broken=False))
+    assert rerun['code'] == 0, rerun['out'][-3000:] + rerun['err'][-3000:]
+    assert '3 run(s) done already, 1 to train.' in rerun['out']
     assert {key: os.path.getmtime(path) for key, path in latest.items() if key != ('spn', 1)} == mtimes
     assert os.path.isfile(latest[('spn', 1)])
     assert len([f for f in os.listdir(run_dir(study, 'spn', 1)) if f.endswith('.log')]) == 2

@@ -1,15 +1,17 @@
 import mclir_plugin  # noqa: F401  (before basicsr: compat shim and registration)
 
-# tools/compare.py and the evaluation mode of tools/test.py, end to end on two tiny real runs: a baseline (stopped
+# The compare command and the evaluation mode of tools/test.py, end to end on two tiny real runs: a baseline (stopped
 # at 6, resumed from its state at 4 up to 8: two log files) and its SPN twin (8 iterations), trained by
 # tools/train.py in subprocesses on PNG folders written here, with a very small SwinIR on the CPU.
 import csv
+import io
 import json
 import os
 import re
 import struct
 import subprocess
 import sys
+from contextlib import redirect_stdout
 
 import cv2
 import pytest
@@ -17,8 +19,10 @@ import yaml
 from basicsr.metrics import calculate_psnr, calculate_ssim
 
 from conftest import REPO, write_paired_folders
-from mclir_plugin.commands.compare import CompareError, find_log_files, load_run, main as compare_main, parse_log_file
+from mclir_plugin.commands.compare import main as compare_main
 from mclir_plugin.commands.evaluate import EvalError, checkpoint_labels, resolve_metrics, resolve_param_key, select_datasets
+from mclir_plugin.studies import StudyError
+from mclir_plugin.studies.run_logs import find_log_files, load_run, parse_log_file
 
 CROP = 4  # validation: PSNR/SSIM on Y with crop border 4, as the SwinIR benchmarks
 
@@ -89,13 +93,16 @@ def runs(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def tool_runs(runs):
-    """tools/compare.py and the evaluation mode of tools/test.py, run side by side: ``(compare, test)`` output."""
+    """The compare command (here) and the evaluation mode of tools/test.py (a subprocess), run side by side:
+    ``(compare, test)`` output."""
     cwd, base, spn, spn_opt, _, _ = runs
-    compare = start([os.path.join(REPO, 'tools', 'compare.py'), base, spn, '--out', cwd / 'cmp'], cwd)
     test = start([os.path.join(REPO, 'tools', 'test.py'), '-opt', spn_opt, '--checkpoints',
                   base / 'models' / 'net_g_8.pth', spn / 'models' / 'net_g_8.pth', spn / 'models' / 'net_g_best.pth',
                   '--save-images', '--out', cwd / 'eval'], cwd)
-    return finish(compare), finish(test)
+    output = io.StringIO()
+    with redirect_stdout(output):
+        assert compare_main([str(base), str(spn), '--out', str(cwd / 'cmp')]) == 0
+    return output.getvalue(), finish(test)
 
 
 def read_csv(path) -> list[dict]:
@@ -140,7 +147,7 @@ def test_resumed_run_logs_are_merged_in_iteration_order(runs):
 
 def test_folder_without_logs_is_a_clear_error(tmp_path, capsys):
     (tmp_path / 'experiments' / 'empty').mkdir(parents=True)
-    with pytest.raises(CompareError, match='no BasicSR training log'):
+    with pytest.raises(StudyError, match='no BasicSR training log'):
         load_run(str(tmp_path / 'experiments' / 'empty'))
     assert compare_main([str(tmp_path / 'experiments' / 'empty'), str(tmp_path / 'missing')]) == 2
     assert 'tools/compare.py: error:' in capsys.readouterr().err

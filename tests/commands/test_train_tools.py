@@ -1,4 +1,5 @@
-"""tools/train.py and tools/test.py end to end, in subprocesses, on image folders the test writes."""
+"""tools/train.py and tools/test.py end to end, in subprocesses, on image folders the test writes; the errors a run
+stops with and its command-line flags through tools/train.py's entry point in this process."""
 from __future__ import annotations
 
 import glob
@@ -8,10 +9,17 @@ import re
 import torch
 import yaml
 
+from basicsr_recipes import train_in_process
 from conftest import CPU_OVERRIDES, REPO, run_tool, train
+
 
 def logged(stdout: str, key: str) -> list[float]:
     return [float(v) for v in re.findall(rf'{key}: ([-0-9.e+]+)', stdout)]
+
+
+def train_here(cwd, opt_file, *extra: str, overrides: list[str]):
+    """:func:`conftest.train`'s run in this process (no new interpreter to import torch and BasicSR)."""
+    return train_in_process(cwd, '-opt', str(opt_file), *extra, '--force_yml', *overrides)
 
 
 def test_basicsr_swinir_options_train_resume_and_test(swinir_run):
@@ -68,29 +76,29 @@ def test_basicsr_swinir_options_train_resume_and_test(swinir_run):
 
 def test_missing_dataset_folder_is_a_clear_error(swinir_run):
     cwd, opt_file = swinir_run
-    result = train(cwd, opt_file, overrides=CPU_OVERRIDES + ['datasets:train:dataroot_gt=datasets/DIV2K/missing'])
-    assert result.returncode != 0
-    assert "dataroot_gt 'datasets/DIV2K/missing' does not exist" in result.stderr
+    result = train_here(cwd, opt_file,
+                        overrides=CPU_OVERRIDES + ['datasets:train:dataroot_gt=datasets/DIV2K/missing'])
+    assert result.error is not None
+    assert "dataroot_gt 'datasets/DIV2K/missing' does not exist" in result.out
 
 
 def test_offline_without_vgg_weights_fails_before_training(swinir_run, empty_torch_home):
     cwd, opt_file = swinir_run
-    result = train(cwd, opt_file, overrides=CPU_OVERRIDES + ['train:total_iter=2'])
-    assert result.returncode != 0
-    assert 'vgg16-397923af.pth' in result.stderr and 'Start training' not in result.stdout + result.stderr
+    result = train_here(cwd, opt_file, overrides=CPU_OVERRIDES + ['train:total_iter=2'])
+    assert result.error is not None
+    assert 'vgg16-397923af.pth' in result.out and 'Start training' not in result.out
 
 
 def test_local_rank_dash_flag_is_accepted(swinir_run):
     cwd, opt_file = swinir_run
-    result = train(cwd, opt_file, '--local-rank=0', overrides=CPU_OVERRIDES + ['train:total_iter=1', 'val:val_freq=10'])
-    assert result.returncode == 0, result.stderr[-3000:]
-
-
+    result = train_here(cwd, opt_file, '--local-rank=0',
+                        overrides=CPU_OVERRIDES + ['train:total_iter=1', 'val:val_freq=10'])
+    assert result.error is None, result.out[-3000:]
 
 
 def test_option_errors_name_the_key_and_the_file(swinir_run):
     cwd, opt_file = swinir_run
-    result = train(cwd, opt_file, overrides=CPU_OVERRIDES + ['mclir:hook:neg_decya=0.1'])
-    assert result.returncode != 0
-    assert "Unknown option 'neg_decya' in mclir.hook. Did you mean 'neg_decay'?" in result.stderr
-    assert f'(option file: {opt_file})' in result.stderr and 'Start training' not in result.stdout + result.stderr
+    result = train_here(cwd, opt_file, overrides=CPU_OVERRIDES + ['mclir:hook:neg_decya=0.1'])
+    assert result.error is not None
+    assert "Unknown option 'neg_decya' in mclir.hook. Did you mean 'neg_decay'?" in result.out
+    assert f'(option file: {opt_file})' in result.out and 'Start training' not in result.out

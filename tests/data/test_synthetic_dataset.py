@@ -161,15 +161,16 @@ def _flip(chw, hflip, vflip, transpose):
 
 @pytest.mark.parametrize('changes,message', [
     (dict(task='denoise'), 'task must be one of'),
-    (dict(images=['chelsea', 'camera']), "names from .*'astronaut'"),
+    (dict(images=['chelsea', 'camera']), r"images\[1\] must be one of 'astronaut', .*, got 'camera'\."),
     (dict(images=[]), 'non-empty'),
-    (dict(task='sr', scale=4, gt_size=30), 'gt_size must be a positive multiple of scale 4'),
-    (dict(task='sr', scale=1), "task 'sr' needs scale in"),
+    (dict(task='sr', scale=4, gt_size=30), r'gt_size must be an integer >= 1, a multiple of 4 \(the scale\), got 30\.'),
+    (dict(task='sr', scale=1), r'scale must be one of 2, 3, 4 \(task sr\), got 1\.'),
     (dict(task='haze', scale=4), 'scale must be 1'),
-    (dict(task='rain', gt_size=320), "exceeds image 'chelsea'"),
-    (dict(task='sr', scale=2, phase='val', val_size=33), 'val_size must be a positive multiple'),
+    (dict(task='rain', gt_size=320), "gt_size 320 needs 320 pixels, more than image 'chelsea' has"),
+    (dict(task='sr', scale=2, phase='val', val_size=33), r'val_size must be an integer >= 1, a multiple of 2 .*or ~'),
     (dict(task='haze', degradation=dict(beta=1.0)), r"unknown degradation options \['beta'\]"),
-    (dict(task='haze', degradation=dict(light_range=[0.5, 1.5])), 'light_range must satisfy'),
+    (dict(task='haze', degradation=dict(light_range=[0.5, 1.5])),
+     r'degradation\.light_range must be a pair \[min, max\] of numbers with 0 <= min <= max <= 1, got \[0\.5, 1\.5\]'),
 ])
 def test_bad_options_raise(changes, message):
     opt = make_opt('haze')
@@ -318,9 +319,9 @@ def test_video_validation_matches_basicsr_video_test_datasets(tmp_path):
     (dict(gt_frames='center', num_frame=4), 'odd num_frame'),
     (dict(num_frame=0), 'num_frame must be an integer >= 1'),
     (dict(scale=1), 'scale must be one of'),
-    (dict(gt_size=30), 'gt_size must be a positive multiple of scale 4'),
-    (dict(gt_size=296, max_shift=4), "needs 304 pixels; image 'chelsea'"),
-    (dict(noise_sigma=-1), 'noise_sigma must be >= 0'),
+    (dict(gt_size=30), r'gt_size must be an integer >= 1, a multiple of 4 \(the scale\), got 30\.'),
+    (dict(gt_size=296, max_shift=4), "needs 304 pixels, more than image 'chelsea'"),
+    (dict(noise_sigma=-1), r'noise_sigma must be a finite number >= 0 \(8-bit levels\), got -1\.'),
     (dict(phase='val', padding='zeros'), 'padding must be one of'),
 ])
 def test_video_bad_options_raise(changes, message):

@@ -61,7 +61,7 @@ def test_runner_trains_saves_and_resumes_the_negatives_exactly(example, tmp_path
         saved = torch.load(ckpt2)  # ... and load weights-only inside it
     assert saved['mclir']['refresh_count'] == [2, 0] and saved['mclir']['last_refresh_iter'] == [2, 0]
     assert set(saved['mclir']) == {'negatives', 'intervals', 'decays', 'refresh_count', 'last_refresh_iter',
-                                   'adaptive_count'}
+                                   'adaptive_count', 'draw_rng'}  # draw_rng: the generator of neg_per_step
 
     # resume from iteration 2 and train to 4: the negatives are read before they exist, set after before_train
     resumed, hook_b = run(example, tmp_path / 'b', 'resumed', iters=4, resume=True, load_from=str(ckpt2))

@@ -1,6 +1,7 @@
 """A GAN and a video model through 2 gloo ranks: exact resume, identical negatives, their picture (issue 12).
 
-For each family one uninterrupted 2-process run of 4 iterations (``tools/dist_train.sh``, checkpoints at 2 and 4)
+For each family one uninterrupted 2-process run of 4 iterations (the two ranks ``tools/dist_train.sh`` starts,
+launched without torchrun's own process; checkpoints at 2 and 4)
 and a second run that resumes its iteration-2 checkpoint in new processes (the run folder copied without what
 iterations 3-4 wrote, then ``--auto_resume``) must end with the same networks, negatives, optimizers (``net_d``'s
 too) and random states (max |diff| <= 1e-6); the hook's per-iteration checksum comparison must find the negatives
@@ -13,18 +14,23 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
+import subprocess
+import sys
 
 import cv2
 import pytest
 import torch
 import yaml
 
-from conftest import REPO, run_command
+from basicsr_recipes import drop_after
+from conftest import REPO
 
 TOLERANCE = 1e-6
 MCLIR = {'hook': {'neg_iter': [1, 3], 'neg_decay': [0.1, 0.5], 'neg_start': 0.3, 'sync_check_interval': 1}}
 SPN = {'type': 'SPNLoss', 'neg_weight': 0.5, 'vgg_fallback': 'random'}
 ADAM = {'type': 'Adam', 'lr': 1e-3, 'betas': [0.9, 0.99]}
+TRAIN = os.path.join(REPO, 'tools', 'train.py')
 
 
 def common(name: str, base_model: str) -> dict:
@@ -92,10 +98,29 @@ FAMILIES = {'gan': (gan_options, ('net_g', 'net_d'), 2), 'video': (video_options
 
 
 def dist_train(cwd, *extra) -> str:
-    result = run_command(['bash', os.path.join(REPO, 'tools', 'dist_train.sh'), '2', 'opt.yml', *extra], cwd=cwd,
-                         env={'OMP_NUM_THREADS': '1'})  # two processes on two cores
-    out = result.stdout + result.stderr
-    assert result.returncode == 0, out[-4000:]
+    """``tools/train.py --launcher pytorch`` as 2 gloo ranks, with the environment torchrun gives them (one thread
+    each, on two cores); both ranks' output. test_distributed.py runs tools/dist_train.sh itself: here torchrun's
+    process (another interpreter importing torch) would only cost time."""
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    logs = [cwd / f'rank{rank}.out' for rank in (0, 1)]
+    ranks = []
+    try:
+        for rank, log in enumerate(logs):
+            env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE='2', LOCAL_WORLD_SIZE='2',
+                       MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1')
+            with open(log, 'w') as out:  # files, not pipes: a rank blocked on a full pipe would stall the other
+                ranks.append(subprocess.Popen([sys.executable, TRAIN, '-opt', 'opt.yml', '--launcher', 'pytorch',
+                                               *extra], cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT))
+        codes = [proc.wait(timeout=600) for proc in ranks]  # a rank that fails ends the other's collectives
+    finally:
+        for proc in ranks:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    out = ''.join(log.read_text() for log in logs)
+    assert codes == [0, 0], out[-4000:]
     return out
 
 
@@ -115,15 +140,6 @@ def max_difference(a, b, where: str = 'state') -> float:
         return max([max_difference(x, y, f'{where}[{i}]') for i, (x, y) in enumerate(zip(a, b))], default=0.)
     assert a == b, f'{where}: {a!r} != {b!r}'
     return 0.
-
-
-def drop_after(run_dir, iteration: int) -> None:
-    """Delete what a run wrote after ``iteration`` (networks, states, pictures): a run stopped there."""
-    for sub in ('models', 'training_states', 'visualization/mclir_negatives'):
-        for name in os.listdir(run_dir / sub) if (run_dir / sub).is_dir() else []:
-            label = re.match(r'(?:\w+_)?(\d+|latest)\.\w+$', name)
-            if label and (label[1] == 'latest' or int(label[1]) > iteration):
-                os.remove(run_dir / sub / name)
 
 
 @pytest.mark.parametrize('family', sorted(FAMILIES))

@@ -114,10 +114,12 @@ def test_basicsr_types_still_build_and_the_options_stay_intact(tmp_path):
 @pytest.mark.parametrize('scheduler, error, match', [
     ({'type': 'CosineAnnealingLRR', 'T_max': 5}, NotImplementedError,
      r"train.scheduler.type 'CosineAnnealingLRR' is not a registered scheduler; use one of .*TrueCosineAnnealingLR"),
-    ({'type': 'TrueCosineAnnealingLR', 'T_max': 0}, ValueError, r'train.scheduler.T_max of TrueCosineAnnealingLR'),
+    ({'type': 'TrueCosineAnnealingLR', 'T_max': 0}, ValueError,
+     r'^train.scheduler.T_max must be an integer >= 1 \(iterations from the initial rate to eta_min\), got 0\.$'),
     ({'type': 'TrueCosineAnnealingLR', 'T_max': 5, 'eta_mni': 0}, TypeError,
      r'train.scheduler \(TrueCosineAnnealingLR\).*eta_mni'),
-    ({'type': 'EpochCosineAnnealingLR', 'T_max': 5, 'epoch_length': 0}, ValueError, r'epoch_length'),
+    ({'type': 'EpochCosineAnnealingLR', 'T_max': 5, 'epoch_length': 0}, ValueError,
+     r'^train.scheduler.epoch_length must be an integer >= 1 \(iterations per epoch\), got 0\.$'),
 ])
 def test_scheduler_errors_name_the_key(tmp_path, scheduler, error, match):
     with pytest.raises(error, match=match):

@@ -7,35 +7,15 @@ import re
 import torch
 import yaml
 
-from conftest import REPO, run_command, write_paired_folders
+from conftest import REPO, run_command, tiny_swinir_options, write_paired_folders
 
 
 def test_two_process_gloo_run_keeps_negatives_in_sync_and_resumes(tmp_path, empty_torch_home):
     gt, lq = write_paired_folders(tmp_path / 'data', n=8, gt_size=48, scale=4)
-    opt = {
-        'name': 'ddp', 'model_type': 'MCLIRModel', 'scale': 4, 'num_gpu': 0,  # no manual_seed: ranks must agree
-        'mclir': {'base_model': 'SwinIRModel',
-                  'hook': {'neg_iter': [1, 3], 'neg_decay': [0.1, 0.5], 'neg_start': 0.3, 'sync_check_interval': 1}},
-        'datasets': {
-            'train': {'name': 'tiny', 'type': 'PairedImageDataset', 'dataroot_gt': gt, 'dataroot_lq': lq,
-                      'io_backend': {'type': 'disk'}, 'gt_size': 32, 'use_hflip': True, 'use_rot': True,
-                      'use_shuffle': True, 'num_worker_per_gpu': 0, 'batch_size_per_gpu': 2,
-                      'dataset_enlarge_ratio': 1, 'prefetch_mode': None},
-            'val': {'name': 'tiny_val', 'type': 'PairedImageDataset', 'dataroot_gt': gt, 'dataroot_lq': lq,
-                    'io_backend': {'type': 'disk'}}},
-        'network_g': {'type': 'SwinIR', 'upscale': 4, 'in_chans': 3, 'img_size': 8, 'window_size': 4,
-                      'img_range': 1., 'depths': [2], 'embed_dim': 8, 'num_heads': [2], 'mlp_ratio': 2,
-                      'upsampler': 'pixelshuffledirect', 'resi_connection': '1conv'},
-        'path': {'pretrain_network_g': None, 'strict_load_g': True, 'resume_state': None},
-        'train': {'ema_decay': 0.9, 'optim_g': {'type': 'Adam', 'lr': 1e-3, 'betas': [0.9, 0.99]},
-                  'scheduler': {'type': 'MultiStepLR', 'milestones': [100], 'gamma': 0.5}, 'total_iter': 4,
-                  'warmup_iter': -1,
-                  'pixel_opt': {'type': 'SPNLoss', 'neg_weight': 0.5, 'vgg_fallback': 'random'}},
-        'val': {'val_freq': 4, 'save_img': False,
-                'metrics': {'psnr': {'type': 'calculate_psnr', 'crop_border': 4, 'test_y_channel': True}}},
-        'logger': {'print_freq': 1, 'save_checkpoint_freq': 2, 'use_tb_logger': False},
-        'dist_params': {'backend': 'nccl', 'port': 29500},  # a GPU file's setting: becomes gloo without CUDA
-    }
+    opt = tiny_swinir_options('ddp', gt, lq, {'neg_iter': [1, 3], 'neg_decay': [0.1, 0.5], 'neg_start': 0.3,
+                                              'sync_check_interval': 1})
+    del opt['manual_seed']  # no manual_seed: ranks must agree
+    opt['dist_params'] = {'backend': 'nccl', 'port': 29500}  # a GPU file's setting: becomes gloo without CUDA
     (tmp_path / 'opt.yml').write_text(yaml.safe_dump(opt))
     script = os.path.join(REPO, 'tools', 'dist_train.sh')
     one_thread = {'OMP_NUM_THREADS': '1'}  # two processes on two cores
@@ -66,11 +46,13 @@ def test_two_process_gloo_run_keeps_negatives_in_sync_and_resumes(tmp_path, empt
 
 
 def _sync_check_worker(rank: int, init_file: str, results) -> None:
-    """Both cases in one process group (one spawn): identical negatives agree, a 1e-6 difference is caught."""
+    """Both cases in one process group (one spawn): identical negatives agree, a 1e-6 difference is caught; and
+    the draws of ``mclir.neg_per_step`` are the same on both ranks although their global random streams differ."""
     import torch.distributed as dist
     from torch import nn
 
     from mclir_plugin import HistoryNegativeHook
+    from mclir_plugin.hooks.history_negatives import HistoryNegatives
     dist.init_process_group('gloo', init_method=f'file://{init_file}', rank=rank, world_size=2)
     try:
         for perturb in (False, True):
@@ -86,6 +68,10 @@ def _sync_check_worker(rank: int, init_file: str, results) -> None:
                 results[(rank, perturb)] = 'agree'
             except RuntimeError as err:
                 results[(rank, perturb)] = str(err)
+        torch.manual_seed(100 + rank)  # as BasicSR seeds rank r (seed + r): only the bank's own generator draws
+        bank = HistoryNegatives(neg_iter=[1] * 5, neg_start=0, seed=7)
+        bank.build(nn.Conv2d(3, 3, 1))
+        results[(rank, 'draws')] = [bank.draw(2) for _ in range(6)]
     finally:
         dist.destroy_process_group()
 
@@ -96,6 +82,8 @@ def test_sync_check_detects_a_difference(tmp_path):
     mp.spawn(_sync_check_worker, args=(str(tmp_path / 'init'), results), nprocs=2)
     assert [results[(r, False)] for r in (0, 1)] == ['agree', 'agree']
     assert all('Negative models differ across ranks at iteration 1' in results[(r, True)] for r in (0, 1))
+    draws = results[(0, 'draws')]
+    assert draws == results[(1, 'draws')] and len({tuple(d) for d in draws}) > 1
 
 
 ADAPTIVE_CASES = ((0.5, 0), (1.5, None))  # (threshold, refreshed negative): rank 1 alone would never refresh,

@@ -13,7 +13,7 @@ import yaml
 from basicsr.models import build_model
 
 from conftest import CPU_OVERRIDES, train
-from mclir_plugin.commands.ablate import parse_value as ablate_value
+from mclir_plugin.studies.plan import build_variants
 from mclir_plugin.utils.option_schema import Boolean, Integer, Number, OptionError, check_options
 from mclir_plugin.utils.options import parse_override_value
 from mclir_plugin.commands import evaluate
@@ -136,7 +136,8 @@ def every_tool_reads(tmp_path_factory):
     opt_file.write_text(yaml.safe_dump({'name': 'x', 'values': {f'v{i}': 0 for i in range(len(OVERRIDES))}}))
     entries = [f'values:v{i}={text}' for i, (text, _) in enumerate(OVERRIDES)]
     tested = evaluate.load_options(str(opt_file), entries)['values']
-    return {text: (bs_options._postprocess_yml_value(text), tested[f'v{i}'], ablate_value(text))
+    ablated = build_variants(str(opt_file), None, [], entries, str(folder))[0].opt['values']  # --override
+    return {text: (bs_options._postprocess_yml_value(text), tested[f'v{i}'], ablated[f'v{i}'])
             for i, (text, _) in enumerate(OVERRIDES)}
 
 
@@ -176,3 +177,89 @@ def test_bad_force_yml_value_through_tools_train_names_the_key_before_iteration_
         result.stderr[-2000:]
     assert f'(option file: {opt_file})' in result.stderr
     assert 'Start training' not in result.stdout + result.stderr
+
+
+# ------------------------------------------------------------------ every migrated check: the same message shape
+def _scheduler(kind: str, **options):
+    from mclir_plugin.models.lr_schedulers import EpochCosineAnnealingLR, TrueCosineAnnealingLR
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    cls = TrueCosineAnnealingLR if kind == 'true' else EpochCosineAnnealingLR
+    return cls(optimizer, **{'T_max': 5, **({} if kind == 'true' else {'epoch_length': 2}), **options})
+
+
+def _synthetic(**options):
+    from mclir_plugin.data.synthetic_dataset import SyntheticPairedDataset
+    return SyntheticPairedDataset({'task': 'sr', 'scale': 2, 'images': ['astronaut'], 'gt_size': 32, **options})
+
+
+def _video(**options):
+    from mclir_plugin.data.synthetic_dataset import SyntheticVideoDataset
+    return SyntheticVideoDataset({'images': ['astronaut'], 'num_frame': 3, 'gt_size': 32, **options})
+
+
+def _pair_list(**options):
+    from mclir_plugin.data.paired_list_dataset import PairedListDataset
+    return PairedListDataset({'name': 'pairs', 'phase': 'train', 'gt_size': 32, **options})
+
+
+def _degradation(**ranges):
+    from mclir_plugin.data.synthetic_dataset import add_haze
+    return add_haze(np.zeros((8, 8, 3), np.float32), np.random.default_rng(0), **ranges)
+
+
+def _timeout(value):
+    from mclir_plugin.utils.distributed import read_timeout
+    return read_timeout({'dist_params': {'timeout': value}})
+
+
+def _resume_lr(value):
+    from mclir_plugin.utils.resume_lr import read_resume_lr
+    return read_resume_lr({'train': {'resume_lr': value}})
+
+
+def _save_best(better):
+    from mclir_plugin.models.validation import read_save_best
+    return read_save_best({'is_train': False, 'val': {'save_best': 'psnr', 'metrics': {'psnr': {'better': better}}}})
+
+
+# (what builds it, the key the message names, the refused value, what may stand before the key)
+MIGRATED = [
+    (lambda: _scheduler('true', T_max=0), 'train.scheduler.T_max', 0, ''),
+    (lambda: _scheduler('true', T_max=2.5), 'train.scheduler.T_max', 2.5, ''),
+    (lambda: _scheduler('true', eta_min=-1e-8), 'train.scheduler.eta_min', -1e-8, ''),
+    (lambda: _scheduler('epoch', epoch_length=True), 'train.scheduler.epoch_length', True, ''),
+    (lambda: _timeout(0), 'dist_params.timeout', 0, ''),
+    (lambda: _timeout('30'), 'dist_params.timeout', '30', ''),
+    (lambda: _timeout(float('inf')), 'dist_params.timeout', float('inf'), ''),
+    (lambda: _synthetic(task='denoise'), 'SyntheticPairedDataset.task', 'denoise', ''),
+    (lambda: _synthetic(scale=3.0), 'SyntheticPairedDataset.scale', 3.0, ''),
+    (lambda: _synthetic(images=['astronaut', 'camera']), 'SyntheticPairedDataset.images[1]', 'camera', ''),
+    (lambda: _synthetic(use_hflip='no'), 'SyntheticPairedDataset.use_hflip', 'no', ''),
+    (lambda: _synthetic(length=0), 'SyntheticPairedDataset.length', 0, ''),
+    (lambda: _synthetic(seed=1.5), 'SyntheticPairedDataset.seed', 1.5, ''),
+    (lambda: _synthetic(gt_size=33), 'SyntheticPairedDataset.gt_size', 33, ''),
+    (lambda: _synthetic(task='haze', scale=1, degradation={'beta_range': [2, 1]}),
+     'SyntheticPairedDataset.degradation.beta_range', [2, 1], ''),
+    (lambda: _degradation(light_range='bright'), 'light_range', 'bright', ''),
+    (lambda: _video(num_frame=0), 'SyntheticVideoDataset.num_frame', 0, ''),
+    (lambda: _video(max_shift=-1), 'SyntheticVideoDataset.max_shift', -1, ''),
+    (lambda: _video(noise_sigma='2'), 'SyntheticVideoDataset.noise_sigma', '2', ''),
+    (lambda: _video(gt_size=30), 'SyntheticVideoDataset.gt_size', 30, ''),
+    (lambda: _pair_list(gt_crop='middle'), 'gt_crop', 'middle', "dataset 'pairs' (PairedListDataset): "),
+    (lambda: _pair_list(min_size_policy='drop'), 'min_size_policy', 'drop', "dataset 'pairs' (PairedListDataset): "),
+    (lambda: _pair_list(io_backend={'type': 'hdf5'}), 'io_backend.type', 'hdf5',
+     "dataset 'pairs' (PairedListDataset): "),
+    (lambda: _pair_list(use_rot='yes'), 'use_rot', 'yes', "dataset 'pairs' (PairedListDataset): "),
+    (lambda: _resume_lr('option'), 'train.resume_lr', 'option', ''),
+    (lambda: _save_best('up'), 'val.metrics.psnr.better', 'up', ''),
+]
+
+
+@pytest.mark.parametrize('build, key, value, place', MIGRATED, ids=[f'{k}={v!r}' for _, k, v, _ in MIGRATED])
+def test_migrated_checks_say_key_allowed_and_value_one_way(build, key, value, place):
+    with pytest.raises(OptionError) as info:
+        build()
+    message = str(info.value)
+    assert message.startswith(f'{place}{key} must be '), message
+    assert f', got {value!r}' in message and message.endswith('.'), message
+    assert (info.value.key, info.value.value) == (key, value)

@@ -3,39 +3,25 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 
 import pytest
 import torch
 import yaml
 
-from conftest import REPO, run_tool, write_paired_folders
+from basicsr_recipes import drop_after
+from conftest import REPO, run_tool, tiny_swinir_options, write_paired_folders
 
 
 def options(gt: str, lq: str, workers: int) -> dict:
     """A tiny SwinIR x4 SPN run; SwinIR's drop-path and the random crops both draw random numbers."""
-    return {
-        'name': 'resume', 'model_type': 'MCLIRModel', 'scale': 4, 'num_gpu': 0, 'manual_seed': 3,
-        'mclir': {'base_model': 'SwinIRModel',
-                  'hook': {'neg_iter': [2, 5], 'neg_decay': 0.1, 'neg_start': 0.1}},
-        'datasets': {
-            'train': {'name': 'tiny', 'type': 'PairedImageDataset', 'dataroot_gt': gt, 'dataroot_lq': lq,
-                      'io_backend': {'type': 'disk'}, 'gt_size': 32, 'use_hflip': True, 'use_rot': True,
-                      'use_shuffle': True, 'num_worker_per_gpu': workers, 'batch_size_per_gpu': 2,
-                      'dataset_enlarge_ratio': 1, 'prefetch_mode': None},
-            'val': {'name': 'tiny_val', 'type': 'PairedImageDataset', 'dataroot_gt': gt, 'dataroot_lq': lq,
-                    'io_backend': {'type': 'disk'}}},
-        'network_g': {'type': 'SwinIR', 'upscale': 4, 'in_chans': 3, 'img_size': 8, 'window_size': 4,
-                      'img_range': 1., 'depths': [2], 'embed_dim': 8, 'num_heads': [2], 'mlp_ratio': 2,
-                      'upsampler': 'pixelshuffledirect', 'resi_connection': '1conv', 'drop_path_rate': 0.2},
-        'path': {'pretrain_network_g': None, 'strict_load_g': True, 'resume_state': None},
-        'train': {'ema_decay': 0.9, 'optim_g': {'type': 'Adam', 'lr': 1e-3, 'betas': [0.9, 0.99]},
-                  'scheduler': {'type': 'MultiStepLR', 'milestones': [4], 'gamma': 0.5}, 'total_iter': 7,
-                  'warmup_iter': -1,
-                  'pixel_opt': {'type': 'SPNLoss', 'neg_weight': 0.5, 'vgg_fallback': 'random'}},
-        'val': {'val_freq': 3, 'save_img': False,
-                'metrics': {'psnr': {'type': 'calculate_psnr', 'crop_border': 4, 'test_y_channel': True}}},
-        'logger': {'print_freq': 1, 'save_checkpoint_freq': 3, 'use_tb_logger': False},
-    }
+    opt = tiny_swinir_options('resume', gt, lq, {'neg_iter': [2, 5], 'neg_decay': 0.1, 'neg_start': 0.1},
+                              train_set={'num_worker_per_gpu': workers}, network={'drop_path_rate': 0.2},
+                              total_iter=7)
+    opt['manual_seed'] = 3
+    opt['train']['scheduler']['milestones'] = [4]
+    opt['val']['val_freq'] = opt['logger']['save_checkpoint_freq'] = 3
+    return opt
 
 
 def losses_by_iter(text: str) -> dict[int, tuple[str, str]]:
@@ -53,20 +39,16 @@ def train(cwd, *extra):
 @pytest.mark.parametrize('workers', [0, 2])
 def test_resume_continues_exactly(tmp_path, empty_torch_home, workers):
     gt, lq = write_paired_folders(tmp_path / 'data', n=8, gt_size=48, scale=4)  # 4 batches an epoch
-    runs = {}
-    for kind in ('straight', 'stopped'):
-        cwd = tmp_path / kind
-        cwd.mkdir()
-        opt = options(gt, lq, workers)
-        if kind == 'stopped':
-            opt['train']['total_iter'] = 3  # stops at a checkpoint in the middle of epoch 0, after a validation
-        (cwd / 'opt.yml').write_text(yaml.safe_dump(opt))
-        runs[kind] = (cwd, train(cwd))
-    straight_cwd, straight_log = runs['straight']
-    stopped_cwd, _ = runs['stopped']
-    opt = yaml.safe_load((stopped_cwd / 'opt.yml').read_text())
-    opt['train']['total_iter'] = 7
-    (stopped_cwd / 'opt.yml').write_text(yaml.safe_dump(opt))
+    straight_cwd, stopped_cwd = tmp_path / 'straight', tmp_path / 'stopped'
+    straight_cwd.mkdir()
+    (straight_cwd / 'opt.yml').write_text(yaml.safe_dump(options(gt, lq, workers)))
+    straight_log = train(straight_cwd)
+    # the run stopped after its checkpoint at iteration 3, in the middle of epoch 0 (after a validation): the
+    # straight run's folder without what iterations 4-7 wrote (iterations 1-3 are the same run), resumed in a new
+    # process
+    shutil.copytree(straight_cwd / 'experiments', stopped_cwd / 'experiments')
+    shutil.copy(straight_cwd / 'opt.yml', stopped_cwd / 'opt.yml')
+    drop_after(stopped_cwd / 'experiments' / 'resume', 3)
     resumed_log = train(stopped_cwd, '--auto_resume')
     assert 'Resuming training from epoch: 0, iter: 3.' in resumed_log
     assert 'replayed 3 batch(es) of the interrupted epoch' in resumed_log
