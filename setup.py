@@ -7,7 +7,7 @@ from setuptools import find_packages, setup
 
 setup(
     name='mclir_plugin',
-    version='0.1.0',
+    version='0.2.0',
     description='History-negative models and the SPN loss (MCLIR, AAAI 2024) for BasicSR',
     long_description=open('README.md', encoding='utf-8').read(),
     long_description_content_type='text/markdown',

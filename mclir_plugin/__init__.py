@@ -21,5 +21,5 @@ from mclir_plugin.hooks import HistoryNegativeHook  # noqa: E402
 from mclir_plugin.models import MCLIRModel  # noqa: E402
 from mclir_plugin import archs, data  # noqa: E402,F401  (register the architectures and datasets)
 
-__version__ = '0.1.0'
+__version__ = '0.2.0'
 __all__ = ['SPNLoss', 'VGGFeatures', 'HistoryNegativeHook', 'MCLIRModel', '__version__']

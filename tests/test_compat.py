@@ -1,7 +1,7 @@
 """BasicSR models that place tensors on 'cuda' unconditionally run on CPU (mclir_plugin.compat), with and without SPN.
 
 The end-to-end checks (Real-ESRGAN and video option files through ``tools/train.py``) are in
-``tests/test_shipped_options.py`` and ``tests/test_model_families.py``; these are the in-process, tiny ones.
+``tests/commands/test_shipped_options.py`` and ``tests/models/test_model_families.py``; these are the in-process, tiny ones.
 """
 from __future__ import annotations
 

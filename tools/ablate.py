@@ -4,9 +4,7 @@
 Trains the baseline, its SPN twin and any ``--variant LABEL [FILE.yml] KEY=VALUE ...`` with each seed through
 ``python -m mclir_plugin.commands.train`` (one after the other, or ``--launch print`` to print the commands and
 ``--collect`` later), then writes ``results.csv``, ``results.md``, ``results.png`` and ``study.json`` in the study
-folder: validation metrics per variant (final and best; mean and std over seeds; difference to the baseline; paired
-difference over seeds).
-See ``mclir_plugin/commands/ablate.py`` for the options, resuming and the formats.
+folder (mean, std, paired differences over seeds). See ``mclir_plugin/commands/ablate.py`` for the details.
 """
 import sys
 

@@ -4,7 +4,7 @@ A port of the authors' ``model.py`` (github.com/jiexiaou/IDT at d72510c, MIT lic
 rewritten without timm/einops. Parameter names and shapes are upstream's; with equal weights the output is
 bit-identical to upstream's on CPU (tiled: within 4e-7, from batching the tiles). The random initialisation is
 upstream's too: under the same ``torch.manual_seed`` both constructors draw identical weights (same module order,
-same inverse-CDF truncated normal as upstream's timm copy). ``tests/data/golden_idt.pt`` holds upstream outputs.
+same inverse-CDF truncated normal as upstream's timm copy). ``tests/archs/golden/golden_idt.pt`` holds upstream outputs.
 
 Caveats up front:
 

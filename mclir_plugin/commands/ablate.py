@@ -130,7 +130,7 @@ def report(workdir: str, study: dict, runs: Sequence[Run], metric: str) -> None:
     """Read the finished runs' logs, print the table and write results.csv/.md/.png."""
     histories = read_results(workdir, runs)
     labels = [v['label'] for v in study['variants']]
-    rows = study_rows(labels, runs, histories)
+    rows = study_rows(labels, runs, histories, reference='spn' if 'spn' in labels[1:] else None)
     print(f'\nValidation metrics, {study["iters"]} iterations, seeds {" ".join(map(str, study["seeds"]))}; '
           f'baseline: {labels[0]}')
     print(format_table(*study_cells(rows)) if rows else 'No finished run has validation results yet.')

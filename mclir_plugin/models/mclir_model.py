@@ -14,7 +14,7 @@ the base model's own training step. The SPN term enters through the criterion th
    plus ``l_neg``, the amount subtracted, and ``l_neg_ratio = l_neg / l_pix``), and the negatives due at this
    iteration are refreshed from the raw ``net_g`` (never ``net_d``, never the EMA copy).
 
-For SRModel this is the official step order (``tests/test_mclir_model.py`` checks it against
+For SRModel this is the official step order (``tests/models/test_mclir_model.py`` checks it against
 :mod:`mclir_plugin.models.official_step`). GAN models: the SPN term is part of the generator's loss only; on iterations where
 the base step does not update the generator (``net_d_iters``/``net_d_init_iters``) the criterion is not called and
 nothing is logged for it. The negatives, the criterion's calibrated ``neg_weight`` and Real-ESRGAN's training-pair

@@ -16,11 +16,14 @@ from mclir_plugin.utils.tables import format_table, number, write_csv
 COMPARE_COLUMNS = ('dataset', 'metric', 'run', 'best', 'best_iter', 'last', 'last_iter', 'delta_best', 'delta_last')
 #: Columns of ``results.csv`` (rows of :func:`mclir_plugin.studies.statistics.study_rows`).
 STUDY_COLUMNS = ('dataset', 'metric', 'kind', 'variant', 'status', 'n_ok', 'n_runs', 'mean', 'std', 'delta_mean',
-                 'paired_mean', 'paired_se', 'paired_n', 'per_seed')
+                 'paired_mean', 'paired_se', 'paired_n', 'per_seed', 'ref_paired_mean', 'ref_paired_se', 'ref_paired_n',
+                 'seconds_mean', 'seconds_per_seed')
 STUDY_NOTES = ('final: the last validation of each run; best: its best validation. mean ± std over seeds (sample '
                'std, n - 1). Δ: difference of the means to the baseline (dB for PSNR). paired Δ: mean over seeds of '
                '(variant - baseline) with the same seed, ± its standard error (std / √n). With a few seeds the SE is '
-               'itself rough: read |paired Δ| below about 2 SE as no evidence of a difference.')
+               'itself rough: read |paired Δ| below about 2 SE as no evidence of a difference. vs spn: the same paired '
+               'difference to the SPN twin (variant spn) instead of the baseline. time: mean wall time of a run '
+               '(training, all attempts).')
 
 
 # ---------------------------------------------------------------------------------------------- compare
@@ -53,6 +56,10 @@ def study_cells(rows: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
     """Headers and cells of the study table: one line per dataset x metric x variant, final and best side by side."""
     headers = ['dataset', 'metric', 'variant', 'runs', 'final mean ± std', 'Δ final', 'paired Δ final ± SE',
                'best mean ± std', 'Δ best', 'paired Δ best ± SE']
+    with_ref = any(r['ref_paired_n'] for r in rows)
+    if with_ref:
+        headers += ['vs spn: paired Δ final ± SE']
+    headers += ['time']
     by_key = {(r['dataset'], r['metric'], r['variant'], r['kind']): r for r in rows}
     cells = []
     for dataset, metric, variant, kind in by_key:
@@ -60,15 +67,24 @@ def study_cells(rows: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
             continue
         final, best = by_key[(dataset, metric, variant, 'final')], by_key[(dataset, metric, variant, 'best')]
         runs = f'{final["n_ok"]}/{final["n_runs"]}' + ('' if final['status'] == 'ok' else f' ({final["status"]})')
-        cells.append([dataset, metric, variant, runs, *_statistics_cells(final), *_statistics_cells(best)])
+        cells.append([dataset, metric, variant, runs, *_statistics_cells(final), *_statistics_cells(best),
+                      *([_paired_cell(final, 'ref_')] if with_ref else []),
+                      f'{final["seconds_mean"]:.0f} s' if final['seconds_mean'] is not None else ''])
     return headers, cells
+
+
+def _paired_cell(row: dict, prefix: str = '') -> str:
+    """``+0.1234 ± 0.0100 (n=3)``: a paired difference with its SE and count ('' without one)."""
+    pair = number(row[prefix + 'paired_mean'], True)
+    if pair:
+        se = row[prefix + 'paired_se']
+        pair += (f' ± {se:.4f}' if se is not None else '') + f' (n={row[prefix + "paired_n"]})'
+    return pair
 
 
 def _statistics_cells(row: dict) -> list[str]:
     spread = f' ± {row["std"]:.4f}' if row['std'] is not None else ''
-    pair = number(row['paired_mean'], True)
-    if pair:
-        pair += (f' ± {row["paired_se"]:.4f}' if row['paired_se'] is not None else '') + f' (n={row["paired_n"]})'
+    pair = _paired_cell(row)
     delta = 'baseline' if row['variant'] == 'baseline' else number(row['delta_mean'], True)
     return [number(row['mean']) + spread, delta, pair]
 

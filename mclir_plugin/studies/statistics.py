@@ -3,7 +3,9 @@
 "Best" is the highest value, or the lowest for metrics where lower is better (names in :data:`LOWER_IS_BETTER`); on
 ties the earliest iteration. Over seeds: mean and sample standard deviation (n - 1), the difference of the means to
 the baseline, and the paired difference (mean over common seeds of variant - baseline, with its standard error
-std / sqrt(n)).
+std / sqrt(n)); with a reference variant (``ablate``: the SPN twin), the paired difference to it too, so that a
+cheaper variant of SPN is compared with full SPN as well as with the baseline. Each row also carries the wall time
+of its runs (the seconds of their training attempts, as ``study.json`` records them).
 """
 from __future__ import annotations
 
@@ -74,17 +76,22 @@ def final_and_best(history: RunHistory) -> dict[tuple[str, str], dict[str, tuple
             for row in compare_rows([history])}
 
 
-def study_rows(variants: Sequence[str], runs: Sequence[Run], histories: Mapping[str, RunHistory]) -> list[dict]:
+def study_rows(variants: Sequence[str], runs: Sequence[Run], histories: Mapping[str, RunHistory],
+               reference: str | None = None) -> list[dict]:
     """The rows of a study: one per dataset x metric x kind (``final``, ``best``) x variant.
 
     Args:
         variants: The variant labels, the baseline first.
         runs: Every run of the study (those without a history count in ``n_runs`` and ``status``).
         histories: The histories of the finished runs, by run name.
+        reference: A second variant to pair the others with (not the baseline, nor itself). Defaults to None.
 
     Returns:
         list[dict]: Keys ``dataset, metric, kind, variant, status, n_ok, n_runs, mean, std, delta_mean,
-        paired_mean, paired_se, paired_n, per_seed`` (``per_seed``: ``seed:value@iteration;...``).
+        paired_mean, paired_se, paired_n, per_seed`` (``per_seed``: ``seed:value@iteration;...``),
+        ``ref_paired_mean, ref_paired_se, ref_paired_n`` (None, None, 0 without a reference, on the baseline and on
+        the reference), ``seconds_mean`` and ``seconds_per_seed`` (``seed:seconds;...``, training time of each
+        run summed over its attempts).
     """
     values = {run.name: final_and_best(h) for run in runs if (h := histories.get(run.name))}
     rows = []
@@ -94,12 +101,26 @@ def study_rows(variants: Sequence[str], runs: Sequence[Run], histories: Mapping[
                              if r.variant == label and (dataset, metric) in values.get(r.name, {})}
                      for label in variants}
             base = {s: v for s, (v, _) in seeds[variants[0]].items()}
+            ref = {s: v for s, (v, _) in seeds[reference].items()} if reference in seeds else None
             for label in variants:
                 variant_runs = [r for r in runs if r.variant == label]
+                mine = {s: v for s, (v, _) in seeds[label].items()}
+                paired_to_ref = ref is not None and label not in (variants[0], reference)
+                r_mean, r_se, r_n = paired_difference(ref, mine) if paired_to_ref else (None, None, 0)
                 rows.append({'dataset': dataset, 'metric': metric, 'kind': kind, 'variant': label,
                              'status': variant_status(variant_runs), 'n_runs': len(variant_runs),
-                             **_seed_statistics(seeds[label], base, baseline=label == variants[0])})
+                             **_seed_statistics(seeds[label], base, baseline=label == variants[0]),
+                             'ref_paired_mean': r_mean, 'ref_paired_se': r_se, 'ref_paired_n': r_n,
+                             **_run_seconds(variant_runs)})
     return rows
+
+
+def _run_seconds(runs: Sequence[Run]) -> dict:
+    """``seconds_mean`` and ``seconds_per_seed`` of the runs that have timed attempts (None and '' if none has)."""
+    seconds = {r.seed: sum(a['seconds'] for a in r.attempts if a.get('seconds') is not None)
+               for r in runs if any(a.get('seconds') is not None for a in r.attempts)}
+    return {'seconds_mean': mean_std(list(seconds.values()))[0],
+            'seconds_per_seed': ';'.join(f'{s}:{t:.1f}' for s, t in sorted(seconds.items()))}
 
 
 def _seed_statistics(seeds: Mapping[int, tuple[float, int]], base: Mapping[int, float], baseline: bool) -> dict:

@@ -23,6 +23,7 @@ from mclir_plugin.commands.compare import main as compare_main
 from mclir_plugin.commands.evaluate import EvalError, checkpoint_labels, resolve_metrics, resolve_param_key, select_datasets
 from mclir_plugin.studies import StudyError
 from mclir_plugin.studies.run_logs import find_log_files, load_run, parse_log_file
+from mclir_plugin.archs.presets import network_preset
 
 CROP = 4  # validation: PSNR/SSIM on Y with crop border 4, as the SwinIR benchmarks
 
@@ -37,9 +38,7 @@ def tiny_options(name: str, gt: str, lq: str, spn: bool) -> dict:
                       'use_hflip': True, 'use_rot': True, 'use_shuffle': True, 'num_worker_per_gpu': 0,
                       'batch_size_per_gpu': 2, 'dataset_enlarge_ratio': 1, 'prefetch_mode': None},
             'val': {'name': 'TinyVal', 'type': 'PairedImageDataset', **folders}},
-        'network_g': {'type': 'SwinIR', 'upscale': 4, 'in_chans': 3, 'img_size': 8, 'window_size': 4,
-                      'img_range': 1., 'depths': [1], 'embed_dim': 8, 'num_heads': [1], 'mlp_ratio': 1,
-                      'upsampler': 'pixelshuffledirect', 'resi_connection': '1conv'},
+        'network_g': network_preset('swinir_tiny', depths=[1], num_heads=[1], mlp_ratio=1),
         'path': {'pretrain_network_g': None, 'strict_load_g': True, 'resume_state': None},
         'train': {'ema_decay': 0.9, 'optim_g': {'type': 'Adam', 'lr': 2e-3, 'weight_decay': 0, 'betas': [0.9, 0.99]},
                   'scheduler': {'type': 'MultiStepLR', 'milestones': [1000], 'gamma': 0.5}, 'total_iter': 8,

@@ -7,6 +7,7 @@ from mmengine.registry import HOOKS
 from torch import nn
 
 from mclir_plugin import HistoryNegativeHook
+from mclir_plugin.archs.presets import network_preset
 
 
 def small_net(seed: int = 0, bn: bool = False) -> nn.Module:
@@ -217,9 +218,7 @@ def test_negative_seeds_are_distinct_and_never_the_run_seed():
         assert seeds == [negative_seed(seed, i) for i in range(8)]  # a pure function: the same on every rank
 
 
-TINY_SWINIR = {'type': 'SwinIR', 'upscale': 2, 'in_chans': 3, 'img_size': 8, 'window_size': 4, 'img_range': 1.,
-               'depths': [1], 'embed_dim': 12, 'num_heads': [2], 'mlp_ratio': 2, 'upsampler': 'pixelshuffledirect',
-               'resi_connection': '1conv'}
+TINY_SWINIR = network_preset('swinir_tiny', upscale=2, depths=[1], embed_dim=12)
 
 
 def swinir_model_opt(tmp_path, vgg16_file, seed: int, neg_start: float) -> dict:

@@ -20,6 +20,7 @@ from conftest import REPO, run_tool
 from mclir_plugin.commands.convert_official import main as convert_main
 from mclir_plugin.models.official_models import OFFICIAL_TYPES, translate_official
 from mclir_plugin.models.official_step import OfficialStep
+from mclir_plugin.archs.presets import network_preset
 
 # The keys, layout and values of the official options/FFANet_RESIDE_IN_fromScratch.yml, except: data paths (this
 # test's folders), a tiny FFA-Net, a short run (T_max 2, so the cosine's periodic part shows within 4 iterations),
@@ -137,8 +138,8 @@ dist_params:
 
 EDSR = dict(type='EDSR', num_in_ch=3, num_out_ch=3, num_feat=8, num_block=1, upscale=2, res_scale=1,
             img_range=255., rgb_mean=[0.4488, 0.4371, 0.4040])
-SWINIR = dict(type='SwinIR', upscale=2, in_chans=3, img_size=16, window_size=4, img_range=1., depths=[1],
-              embed_dim=12, num_heads=[1], mlp_ratio=2, upsampler='pixelshuffle', resi_connection='1conv')
+SWINIR = network_preset('swinir_tiny', upscale=2, img_size=16, depths=[1], embed_dim=12, num_heads=[1],
+                        upsampler='pixelshuffle')
 FFANET = dict(type='FFANet', gps=1, blocks=1)
 
 

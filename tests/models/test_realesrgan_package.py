@@ -4,7 +4,7 @@ Its models register on ``import realesrgan``; an option file names it in ``mclir
 ``parse_options`` (as ``basicsr/train.py`` calls it) imports it. Then the plain names of BasicSR's Real-ESRGAN option
 files (``RealESRGANModel``, ``RealESRNetModel``, ``RealESRGANDataset``, ``UNetDiscriminatorSN``) build the package's
 classes, which train on CPU like BasicSR's ``*_basicsr`` copies (in-process, tiny networks, as
-``tests/test_model_families.py``).
+``tests/models/test_model_families.py``).
 """
 from __future__ import annotations
 

@@ -5,6 +5,7 @@ import statistics
 import pytest
 
 from mclir_plugin.studies.plan import Run
+from mclir_plugin.studies.report import study_cells
 from mclir_plugin.studies.run_logs import RunHistory
 from mclir_plugin.studies.statistics import (best_point, compare_rows, mean_std, paired_difference, study_rows,
                                              variant_status)
@@ -65,6 +66,29 @@ def test_study_rows_count_failed_runs_and_pair_over_common_seeds():
     assert spn['delta_mean'] == pytest.approx(27.3 - 27.2)
     assert (spn['paired_mean'], spn['paired_se'], spn['paired_n']) == (pytest.approx(0.3), None, 1)
     assert spn['per_seed'] == '0:27.3@4' and base['per_seed'] == '0:27.0@4;1:27.4@4'
+
+
+def test_study_rows_pair_cheap_variants_with_the_reference_and_carry_wall_times():
+    finals = {('baseline', 0): 27.0, ('baseline', 1): 27.4, ('spn', 0): 27.3, ('spn', 1): 27.5,
+              ('cheap', 0): 27.1, ('cheap', 1): 27.6}
+    runs = [Run(f't_{v}_s{s}', v, s, f'options/t_{v}_s{s}.yml', status='ok',
+                attempts=[{'seconds': 10.0 * (s + 1)}, {'seconds': 1.5}] if v == 'cheap' else [])
+            for (v, s) in finals]
+    histories = {r.name: history(r.name, {'val': {'psnr': {4: finals[(r.variant, r.seed)]}}}) for r in runs}
+    rows = study_rows(['baseline', 'spn', 'cheap'], runs, histories, reference='spn')
+    final = {r['variant']: r for r in rows if r['kind'] == 'final'}
+    cheap = final['cheap']
+    diffs = [27.1 - 27.3, 27.6 - 27.5]
+    assert cheap['ref_paired_n'] == 2 and cheap['ref_paired_mean'] == pytest.approx(statistics.mean(diffs))
+    assert cheap['ref_paired_se'] == pytest.approx(statistics.stdev(diffs) / math.sqrt(2))
+    assert cheap['paired_mean'] == pytest.approx(statistics.mean([0.1, 0.2]))  # still against the baseline
+    assert final['spn']['ref_paired_n'] == 0 and final['baseline']['ref_paired_mean'] is None
+    assert cheap['seconds_per_seed'] == '0:11.5;1:21.5' and cheap['seconds_mean'] == pytest.approx(16.5)
+    assert final['spn']['seconds_mean'] is None  # no timed attempt
+    headers, cells = study_cells(rows)
+    assert headers[-2:] == ['vs spn: paired Δ final ± SE', 'time']
+    row = next(c for c in cells if c[2] == 'cheap')
+    assert row[-2].startswith('-0.0500 ± ') and row[-2].endswith('(n=2)') and row[-1] == '16 s'
 
 
 def test_variant_status_names_the_seeds_of_each_outcome():
