@@ -61,7 +61,6 @@ MCLIR_KEYS = ('base_model', 'hook', 'amp', 'neg_every', 'neg_batch_fraction', 'n
 STATE_KEY = 'mclir'
 QUEUE_KEY = 'realesrgan_queue'
 AMP_DTYPES = {'none': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
-AMP_DTYPES_NAMES = {dtype: name for name, dtype in AMP_DTYPES.items()}
 
 
 class StepGuard:

@@ -13,7 +13,7 @@ Caveats up front:
   on the 8 negative images took the same either way (about 180-220 ms, fp32 320-410 ms). So the weights stay fp32:
   the refresh arithmetic is unchanged and no second copy is kept.
 * fp16 on CPU needs oneDNN's fp16 kernels (AVX512-FP16 or AMX-FP16). Without them torch still runs fp16
-  convolutions and matrix products, about 4x slower than fp32 here, so :func:`check_precision` refuses it.
+  convolutions and matrix products, about 5x slower than fp32 here (761 against 154 ms a negative), so :func:`check_precision` refuses it.
 * torchvision's ``deform_conv2d`` (EDVR's DCNv2) has no bf16/fp16 CPU kernel: :func:`refuse_deformable_convs`.
 """
 from __future__ import annotations

@@ -8,7 +8,6 @@ import lmdb
 import numpy as np
 import pytest
 
-from conftest import REPO
 from mclir_plugin.data import check_lmdb, path_to_key, verify_lmdb, write_pair_list
 from mclir_plugin.data import lmdb_writer
 from mclir_plugin.commands import create_lmdb

@@ -3,7 +3,6 @@ import mclir_plugin  # noqa: F401
 # HistoryNegativeHook under a real mmengine Runner (examples/mmengine_spn.py): the refresh schedule counted from
 # runner.iter, the checkpoint entry, an exact resume (the negatives arrive before they are built), and load_from.
 
-import os
 import pickle
 
 import pytest

@@ -3,7 +3,6 @@ import mclir_plugin  # noqa: F401
 # ContrastRatioLoss (AECR-Net's CR) and InfoNCELoss (PCL): hand computations, gradients, registry, errors, and the
 # plain-PyTorch example driving them with history negatives.
 
-import os
 
 import pytest
 import torch
